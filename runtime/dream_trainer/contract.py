@@ -1,0 +1,27 @@
+"""The environment contract between the operator and the runtime.
+
+The operator sets these variables in every worker pod; the runtime reads them. This module is
+imported by both sides, so it must stay free of torch, kopf and any third-party import.
+"""
+
+from __future__ import annotations
+
+JOB_NAME = "DREAM_JOB_NAME"
+"""Name of the DreamTrainJob this process belongs to."""
+
+JOB_NAMESPACE = "DREAM_JOB_NAMESPACE"
+"""Namespace of the DreamTrainJob."""
+
+JOB_UID = "DREAM_JOB_UID"
+"""UID of the DreamTrainJob; with the generation it forms the rendezvous id."""
+
+RESTART_COUNT = "DREAM_RESTART_COUNT"
+"""The pod group's generation: 0 on first start, +1 on every gang restart."""
+
+CHECKPOINT_URI = "DREAM_CHECKPOINT_URI"
+"""Where checkpoints live: a local path, ``file://`` or ``s3://bucket/prefix`` URL."""
+
+PROGRESS_PORT = "DREAM_PROGRESS_PORT"
+"""Port of the rank-0 progress endpoint that the operator polls (and Prometheus may scrape)."""
+
+ALL = (JOB_NAME, JOB_NAMESPACE, JOB_UID, RESTART_COUNT, CHECKPOINT_URI, PROGRESS_PORT)

@@ -1,0 +1,5 @@
+"""Datasets that need nothing from the network."""
+
+from dream_trainer.data.text import ByteTextDataset, default_corpus, read_corpus
+
+__all__ = ["ByteTextDataset", "default_corpus", "read_corpus"]

@@ -1,0 +1,372 @@
+"""BaseTrainer: the training loop. Mixins supply models, optimizers and data (see SetupMixin)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint.state_dict as dcp_sd
+import torch.nn as nn
+from torch.optim import Optimizer
+from torch.utils._pytree import tree_map
+
+from dream_trainer.callbacks.callback import CallbackCollection
+from dream_trainer.configs import ConfigError, DeviceParameters, TrainingParameters
+from dream_trainer.configs.errors import require_int
+from dream_trainer.parallel import clip_grad_norm_, set_gradient_sync
+from dream_trainer.trainer.abstract import AbstractTrainer
+from dream_trainer.world import DistributedWorld
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class BaseTrainerConfig:
+    """Configuration every trainer has. Subclass it (and config mixins) with ``@dataclass``."""
+
+    project: str = "dream-trainer"
+    group: str = "default"
+    experiment: str = "run"
+    seed: int = 42
+    """Seeds torch on every rank before models are built, so replicated weights agree."""
+    device_parameters: DeviceParameters = field(default_factory=DeviceParameters)
+    training_parameters: TrainingParameters = field(default_factory=TrainingParameters)
+    callbacks: CallbackCollection = field(default_factory=CallbackCollection)
+
+    def __post_init__(self) -> None:
+        require_int("BaseTrainerConfig.seed", self.seed, minimum=0)
+        for name, kind in (("device_parameters", DeviceParameters),
+                           ("training_parameters", TrainingParameters),
+                           ("callbacks", CallbackCollection)):
+            value = getattr(self, name)
+            if name == "callbacks" and isinstance(value, (list, tuple)):
+                self.callbacks = CallbackCollection(value)
+            elif not isinstance(value, kind):
+                raise ConfigError(f"{type(self).__name__}.{name}", value,
+                                  f"expected a {kind.__name__}", f"pass a {kind.__name__}(...)")
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()  # type: ignore[misc]
+
+
+def validation_points(steps_in_epoch: int, val_frequency: float) -> set[int]:
+    """Optimizer steps (1-based, within an epoch) after which validation runs, for a frequency
+    given as a fraction of an epoch: 0.25 over 10 steps validates after steps 3, 5, 8 and 10."""
+    runs = math.ceil(1.0 / val_frequency - 1e-9)
+    return {min(steps_in_epoch, max(1, round(steps_in_epoch * k * val_frequency)))
+            for k in range(1, runs + 1)}
+
+
+class BaseTrainer(AbstractTrainer):
+    """The training loop: epochs and/or max steps, gradient accumulation, clipping, validation
+    cadence, sanity validation and the callback hooks, in a fixed order.
+
+    Subclasses implement :meth:`training_step` and :meth:`validation_step`; a setup mixin
+    (``SetupMixin``) provides models, optimizers, schedulers and dataloaders.
+    """
+
+    config: BaseTrainerConfig
+
+    def __init__(self, config: BaseTrainerConfig) -> None:
+        self.config = config
+        self.world = DistributedWorld(config.device_parameters)
+        config.training_parameters.check_divisible(self.world.dp_size)
+        self.callbacks = config.callbacks
+        self.callbacks.initialize(self)
+        self.global_step = 0
+        self.current_epoch = 0
+        self.local_batches = 0
+        self.training = False
+        self.sanity_checking = False
+        self.last_validation_result: dict[str, float] = {}
+        torch.manual_seed(config.seed)
+
+    # ------------------------------------------------------------------ user hooks
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Forward, ``self.backward(loss)``, and ``self.step(model, optimizer)`` when not
+        accumulating. Return a dict of results (``loss`` at least) for callbacks."""
+        raise TypeError(f"{type(self).__name__} must implement training_step(batch, batch_idx)")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Evaluate one batch (gradients are off) and return a dict of scalar results."""
+        raise TypeError(f"{type(self).__name__} must implement validation_step(batch, batch_idx)")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.world.device
+
+    @property
+    def is_accumulating_gradients(self) -> bool:
+        """True on micro-batches that only accumulate gradients; False on the one that steps."""
+        accumulation = self.config.training_parameters.gradient_accumulation_steps
+        return (self.local_batches + 1) % accumulation != 0
+
+    # ------------------------------------------------------------------ step API
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` scaled by 1/accumulation, so accumulated gradients are a mean."""
+        (loss / self.config.training_parameters.gradient_accumulation_steps).backward()
+
+    def step(self, model: nn.Module, optimizer: Optimizer) -> torch.Tensor:
+        """Clip (if configured), step ``optimizer`` and the schedulers bound to it, zero grads.
+
+        Returns the global gradient norm before clipping (over all shards and stages).
+        """
+        pp_mesh = self.world.pp_mesh if self.world.dims.pp > 1 else None
+        grad_norm = clip_grad_norm_(model.parameters(),
+                                    self.config.training_parameters.gradient_clip_val, pp_mesh)
+        self.callbacks.pre_optimizer_step(model, optimizer)
+        optimizer.step()
+        self.callbacks.post_optimizer_step(model, optimizer)
+        self._step_schedulers(optimizer, interval="step")
+        self.callbacks.pre_optimizer_zero_grad(model, optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        self.callbacks.post_optimizer_zero_grad(model, optimizer)
+        return grad_norm
+
+    def _step_schedulers(self, optimizer: Optimizer | None, interval: str) -> None:
+        if getattr(self.config, "scheduler_interval", "step") != interval:
+            return
+        for scheduler in self.named_schedulers().values():
+            if optimizer is None or scheduler.optimizer is optimizer:
+                scheduler.step()
+
+    # ------------------------------------------------------------------ modes
+    def train(self) -> None:
+        self.training = True
+        for model in self.named_models().values():
+            model.train()
+
+    def eval(self) -> None:
+        self.training = False
+        for model in self.named_models().values():
+            model.eval()
+
+    # ------------------------------------------------------------------ fit
+    def fit(self) -> None:
+        """Configure, set up, then train until ``n_epochs`` or ``max_steps`` is reached."""
+        try:
+            self.callbacks.pre_configure()
+            self.configure()
+            self.callbacks.post_configure()
+            self.callbacks.pre_setup()
+            self.setup()
+            self.callbacks.post_setup()
+            self.callbacks.pre_fit()
+            self._fit_loop()
+            self.callbacks.post_fit()
+        except BaseException:
+            self.callbacks.on_interrupt()
+            raise
+
+    def _finished(self) -> bool:
+        params = self.config.training_parameters
+        if params.max_steps is not None and self.global_step >= params.max_steps:
+            return True
+        return params.n_epochs is not None and self.current_epoch >= params.n_epochs
+
+    def _fit_loop(self) -> None:
+        sanity_steps = self.config.training_parameters.num_sanity_val_steps
+        if sanity_steps and self._val_loader() is not None:
+            self.sanity_checking = True
+            self._run_validation(limit=sanity_steps)
+            self.sanity_checking = False
+        while not self._finished():
+            self.callbacks.pre_epoch()
+            self._train_epoch()
+            self.callbacks.post_epoch()
+            self.current_epoch += 1
+            self._step_schedulers(None, interval="epoch")
+
+    def _train_loader(self) -> Iterable[Any]:
+        loader = getattr(self, "train_dataloader", None)
+        if loader is None:
+            raise TypeError(f"{type(self).__name__} has no train_dataloader; "
+                            "return one from configure_dataloaders()")
+        return loader
+
+    def _val_loader(self) -> Iterable[Any] | None:
+        return getattr(self, "val_dataloader", None)
+
+    def _steps_in_epoch(self, loader: Iterable[Any]) -> int | None:
+        """Optimizer steps in this epoch: the configured limit or what the loader holds."""
+        params = self.config.training_parameters
+        try:
+            available = len(loader) // params.gradient_accumulation_steps  # type: ignore[arg-type]
+        except TypeError:  # an iterable without a length
+            available = None
+        limits = [n for n in (available, params.train_steps_per_epoch) if n is not None]
+        return min(limits) if limits else None
+
+    def _train_epoch(self) -> None:
+        params = self.config.training_parameters
+        accumulation = params.gradient_accumulation_steps
+        loader = self._train_loader()
+        for sampler in _samplers(loader):
+            sampler.set_epoch(self.current_epoch)
+        steps = self._steps_in_epoch(loader)
+        if steps == 0:
+            raise ValueError(f"the train dataloader yields fewer than gradient_accumulation_steps="
+                             f"{accumulation} batches per rank; use more data or fewer steps")
+        val_at = set()
+        if self._val_loader() is not None:
+            if params.val_every_n_steps is None and steps is not None:
+                val_at = validation_points(steps, params.val_frequency)
+        limit = None if steps is None else steps * accumulation
+
+        self.train()
+        self.callbacks.pre_train_epoch()
+        totals: dict[str, torch.Tensor] = {}
+        step_in_epoch = 0
+        for batch_idx, batch in enumerate(islice(loader, limit)):
+            if params.max_steps is not None and self.global_step >= params.max_steps:
+                break
+            batch = self._to_device(batch)
+            stepping = not self.is_accumulating_gradients
+            for model in self.named_models().values():
+                set_gradient_sync(model, stepping)
+            self.callbacks.pre_train_step(batch, batch_idx)
+            with self.world.train_context():
+                result = self.training_step(batch, batch_idx)
+            self.callbacks.post_train_step(result, batch_idx)
+            self.local_batches += 1
+            if stepping:
+                self.global_step += 1
+                step_in_epoch += 1
+            _accumulate(totals, result)
+            if stepping and self._validation_due(step_in_epoch, val_at):
+                self._run_validation(limit=params.val_steps_per_epoch)
+                self.train()
+        if self.local_batches % accumulation:
+            # An epoch that ended mid-accumulation (a loader shorter than its length claimed):
+            # drop the partial gradients rather than mixing them into the next epoch's step.
+            logger.warning("epoch %d ended mid-accumulation; dropping partial gradients",
+                           self.current_epoch)
+            for optimizer in self.named_optimizers().values():
+                optimizer.zero_grad(set_to_none=True)
+            self.local_batches += accumulation - self.local_batches % accumulation
+        self.callbacks.post_train_epoch(self._mean_results(totals))
+        if steps is None and self._val_loader() is not None and params.val_every_n_steps is None:
+            self._run_validation(limit=params.val_steps_per_epoch)
+
+    def _validation_due(self, step_in_epoch: int, val_at: set[int]) -> bool:
+        every = self.config.training_parameters.val_every_n_steps
+        if self._val_loader() is None:
+            return False
+        if every is not None:
+            return self.global_step % every == 0
+        return step_in_epoch in val_at
+
+    @torch.no_grad()
+    def _run_validation(self, limit: int | None) -> dict[str, float]:
+        loader = self._val_loader()
+        assert loader is not None
+        self.eval()
+        self.callbacks.pre_validation_epoch()
+        totals: dict[str, torch.Tensor] = {}
+        for batch_idx, batch in enumerate(islice(loader, limit)):
+            batch = self._to_device(batch)
+            self.callbacks.pre_validation_step(batch, batch_idx)
+            with self.world.train_context():
+                result = self.validation_step(batch, batch_idx)
+            self.callbacks.post_validation_step(result, batch_idx)
+            _accumulate(totals, result)
+        result = self._mean_results(totals)
+        if not self.sanity_checking:
+            self.last_validation_result = result
+        self.callbacks.post_validation_epoch(result)
+        return result
+
+    def _mean_results(self, totals: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Per-key mean over batches, then over data-parallel ranks. One collective for all keys."""
+        if not totals:
+            return {}
+        keys = sorted(k for k in totals if k != "_count")
+        stacked = torch.stack([totals[k].float().to(self.device) for k in keys])
+        stacked = self.world.all_reduce_mean(stacked / totals["_count"].to(self.device))
+        return dict(zip(keys, stacked.tolist(), strict=True))
+
+    def _to_device(self, batch: Any) -> Any:
+        device = self.device
+        return tree_map(lambda x: x.to(device, non_blocking=True)
+                        if isinstance(x, torch.Tensor) else x, batch)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: counters, callbacks, models, optimizers, schedulers and
+        the dataloaders' own state when they have one. Model and optimizer entries are keyed by
+        parameter name and hold DTensors, so DCP can save and reshard them."""
+        models = self.named_models()
+        optimizers = self.named_optimizers()
+        return {
+            "trainer": {"global_step": self.global_step, "current_epoch": self.current_epoch,
+                        "local_batches": self.local_batches,
+                        "callbacks": self.callbacks.state_dict()},
+            "models": {name: dcp_sd.get_model_state_dict(model) for name, model in models.items()},
+            "optimizers": {name: dcp_sd.get_optimizer_state_dict(_model_of(opt, models), opt)
+                           for name, opt in optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, s in self.named_schedulers().items()},
+            "dataloaders": {name: loader.state_dict() for name in ("train", "val")
+                            if hasattr(loader := getattr(self, f"{name}_dataloader", None),
+                                       "state_dict")},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Restore what :meth:`state_dict` returned (models before optimizers, as DCP requires)."""
+        trainer = state_dict["trainer"]
+        self.global_step = trainer["global_step"]
+        self.current_epoch = trainer["current_epoch"]
+        self.local_batches = trainer.get("local_batches", 0)
+        self.callbacks.load_state_dict(trainer.get("callbacks", {}))
+        models = self.named_models()
+        for name, model_state in state_dict.get("models", {}).items():
+            dcp_sd.set_model_state_dict(models[name], model_state,
+                                        options=dcp_sd.StateDictOptions(strict=strict))
+        optimizers = self.named_optimizers()
+        for name, opt_state in state_dict.get("optimizers", {}).items():
+            optimizer = optimizers[name]
+            dcp_sd.set_optimizer_state_dict(_model_of(optimizer, models), optimizer, opt_state)
+        schedulers = self.named_schedulers()
+        for name, sched_state in state_dict.get("schedulers", {}).items():
+            schedulers[name].load_state_dict(sched_state)
+        for name, loader_state in state_dict.get("dataloaders", {}).items():
+            loader = getattr(self, f"{name}_dataloader", None)
+            if hasattr(loader, "load_state_dict"):
+                loader.load_state_dict(loader_state)
+
+
+def _model_of(optimizer: Optimizer, models: dict[str, nn.Module]) -> nn.Module:
+    """The model whose parameters ``optimizer`` updates (needed to key its state by name)."""
+    first = optimizer.param_groups[0]["params"][0]
+    for model in models.values():
+        if any(p is first for p in model.parameters()):
+            return model
+    raise ValueError("an optimizer updates parameters of no tracked model; assign the model "
+                     "to an attribute in configure_models() before building its optimizer")
+
+
+def _samplers(loader: Iterable[Any]) -> Iterator[Any]:
+    for sampler in (getattr(loader, "sampler", None),
+                    getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if hasattr(sampler, "set_epoch"):
+            yield sampler
+            return
+
+
+def _accumulate(totals: dict[str, torch.Tensor], result: Any) -> None:
+    """Add the scalar entries of a step result to running sums (no host sync)."""
+    if not isinstance(result, dict):
+        return
+    for key, value in result.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.detach().float().reshape(())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = torch.tensor(float(value))
+        else:
+            continue
+        totals[key] = totals[key] + value if key in totals else value
+    totals["_count"] = totals.get("_count", torch.tensor(0.0)) + 1

@@ -1,0 +1,6 @@
+"""Small utilities: rank-zero printing and launching."""
+
+from dream_trainer.utils.launch import distributed_launch
+from dream_trainer.utils.rank_zero import rank_zero_print
+
+__all__ = ["distributed_launch", "rank_zero_print"]
