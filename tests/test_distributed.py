@@ -1,0 +1,90 @@
+"""Data parallelism on real processes (gloo) against a single-process reference.
+
+Two torchrun launches (2 and 4 ranks) run every scenario of ``distributed/scenarios.py``; the
+references run here, in this process, as a world of one on the same global batches.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from toy import run, toy_config
+
+SCENARIOS = Path(__file__).parent / "distributed" / "scenarios.py"
+LAUNCHES = {
+    2: ["fsdp", "ddp", "fsdp_accumulate", "ddp_accumulate", "first_trainer"],
+    4: ["fsdp", "hsdp", "ddp"],
+}
+
+
+def torchrun(nproc: int, out: Path, scenarios: list[str]) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", str(SCENARIOS), str(out), *scenarios]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
+                             f"{done.stderr[-8000:]}")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for nproc, scenarios in LAUNCHES.items():
+        folder = tmp_path_factory.mktemp(f"ranks{nproc}")
+        torchrun(nproc, folder, scenarios)
+        out[nproc] = {name: torch.load(folder / f"{name}.pt") for name in scenarios}
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Any]:
+    """Single process, global batch 8, 4 steps: the result every sharding must reproduce."""
+    return run(toy_config())
+
+
+def assert_same_training(got: dict[str, Any], want: dict[str, Any]) -> None:
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(want["losses"]),
+                               rtol=1e-5, atol=1e-6)
+    assert got["params"].keys() == want["params"].keys()
+    for name, value in want["params"].items():
+        torch.testing.assert_close(got["params"][name], value, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize(("nproc", "scenario"),
+                         [(2, "fsdp"), (2, "ddp"), (4, "fsdp"), (4, "hsdp"), (4, "ddp")])
+def test_data_parallel_matches_single_process(results, reference, nproc, scenario) -> None:
+    got = results[nproc][scenario]
+    assert got["global_step"] == 4
+    assert len(got["losses"]) == 4
+    assert_same_training(got, reference)
+
+
+@pytest.mark.parametrize("scenario", ["fsdp_accumulate", "ddp_accumulate"])
+def test_accumulating_4x2_equals_one_batch_of_8(results, scenario) -> None:
+    """Gradient sync is skipped on accumulating micro-batches, yet the step equals a batch of 8."""
+    one_batch = run(toy_config(steps=2, batch=8))
+    got = results[2][scenario]
+    assert got["global_step"] == 2
+    assert_same_training(got, one_batch)
+
+
+def test_accumulation_single_process_equals_one_batch() -> None:
+    assert_same_training(run(toy_config(steps=2, batch=2, accumulation=4)),
+                         run(toy_config(steps=2, batch=8)))
+
+
+def test_seed_first_trainer_learns_under_fsdp(results) -> None:
+    got = results[2]["first_trainer"]
+    losses = got["losses"]
+    assert got["global_step"] == 2 * 256 // 16
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert got["val"]["val_loss"] < losses[0]
