@@ -19,7 +19,8 @@ from toy import run, toy_config
 
 SCENARIOS = Path(__file__).parent / "distributed" / "scenarios.py"
 LAUNCHES = {
-    2: ["fsdp", "ddp", "fsdp_accumulate", "ddp_accumulate", "first_trainer"],
+    2: ["fsdp", "ddp", "fsdp_accumulate", "ddp_accumulate", "fsdp_zero2", "fsdp_bf16",
+        "first_trainer"],
     4: ["fsdp", "hsdp", "ddp"],
 }
 
@@ -60,7 +61,8 @@ def assert_same_training(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(("nproc", "scenario"),
-                         [(2, "fsdp"), (2, "ddp"), (4, "fsdp"), (4, "hsdp"), (4, "ddp")])
+                         [(2, "fsdp"), (2, "ddp"), (2, "fsdp_zero2"), (4, "fsdp"),
+                          (4, "hsdp"), (4, "ddp")])
 def test_data_parallel_matches_single_process(results, reference, nproc, scenario) -> None:
     got = results[nproc][scenario]
     assert got["global_step"] == 4
@@ -74,7 +76,17 @@ def test_accumulating_4x2_equals_one_batch_of_8(results, scenario) -> None:
     one_batch = run(toy_config(steps=2, batch=8))
     got = results[2][scenario]
     assert got["global_step"] == 2
+    assert got["synced"] == [False] * 6  # 3 accumulating micro-batches per step, none reduced
     assert_same_training(got, one_batch)
+
+
+def test_bf16_mixed_precision_tracks_fp32(results, reference) -> None:
+    """bf16 compute with fp32 reduction: close to fp32 training, not bitwise equal."""
+    got = results[2]["fsdp_bf16"]
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(reference["losses"]),
+                               rtol=2e-2, atol=0.0)
+    assert got["losses"] != reference["losses"]  # bf16 really was used
+    assert all(p.dtype == torch.float32 for p in got["params"].values())  # fp32 master weights
 
 
 def test_accumulation_single_process_equals_one_batch() -> None:

@@ -273,3 +273,40 @@ def test_missing_user_hooks_explain_themselves() -> None:
 
     with pytest.raises(TypeError, match="configure_models"):
         DreamTrainer(DreamTrainerConfig()).fit()
+
+
+def test_training_is_deterministic_given_the_seed() -> None:
+    """Same config twice: bitwise-equal losses and weights (model init comes from the seed)."""
+    from dream_trainer.data import ByteTextDataset
+
+    class SeededInit(ToyTrainer):
+        def init_weights(self) -> None:  # random init from the trainer's seed, not a fixed file
+            self.model.init_weights()
+
+    a, b = SeededInit(toy_config(steps=3)), SeededInit(toy_config(steps=3))
+    a.fit()
+    b.fit()
+    for (name, x), (_, y) in zip(a.model.named_parameters(), b.model.named_parameters(),
+                                 strict=True):
+        assert torch.equal(x, y), name
+    other = SeededInit(toy_config(steps=3))
+    other.config.seed = 7
+    other = SeededInit(other.config)
+    other.fit()
+    assert not torch.equal(other.model.output.weight, a.model.output.weight)
+    assert len(ByteTextDataset(b"x" * 100, 9)) == 9  # windows of 10 over the 95-byte train split
+
+
+def test_bf16_autocast_on_a_single_device() -> None:
+    dtypes = []
+
+    class Probe(ToyTrainer):
+        def loss(self, batch):
+            dtypes.append(self.model(batch["input_ids"][:, :-1]).dtype)
+            return super().loss(batch)
+
+    result = Probe(toy_config(DeviceParameters.SINGLE_DEVICE(param_dtype=torch.bfloat16),
+                              steps=2))
+    result.fit()
+    assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())

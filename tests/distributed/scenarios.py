@@ -14,22 +14,54 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+
 import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dream_trainer.callbacks import Callback  # noqa: E402
 from dream_trainer.configs import DeviceParameters  # noqa: E402
 from toy import run, toy_config  # noqa: E402
+
+
+class SyncProbe(Callback):
+    """After each accumulating micro-batch, records whether gradients were reduced across ranks.
+
+    FSDP2 without sync keeps the accumulated gradient unsharded and leaves ``param.grad`` unset;
+    DDP without sync leaves each rank its own local gradient, so ranks disagree.
+    """
+
+    def __init__(self) -> None:
+        self.synced: list[bool] = []
+
+    def post_train_step(self, result: dict[str, Any], batch_idx: int) -> None:
+        if not self.trainer.is_accumulating_gradients:
+            return
+        params = list(self.trainer.model.parameters())
+        if self.trainer.world.dims.fsdp_enabled:
+            self.synced.append(any(p.grad is not None for p in params))
+            return
+        grad = params[0].grad.detach().clone()
+        gathered = [torch.empty_like(grad) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, grad)
+        self.synced.append(all(torch.equal(gathered[0], g) for g in gathered))
+
+
+def accumulate(device: DeviceParameters) -> dict[str, Any]:
+    probe = SyncProbe()
+    result = run(toy_config(device, steps=2, batch=2, accumulation=4, callbacks=[probe]))
+    return {**result, "synced": probe.synced}
 
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "fsdp": lambda: run(toy_config(DeviceParameters.FSDP())),
     "hsdp": lambda: run(toy_config(DeviceParameters.HSDP(dp_shard=2))),
     "ddp": lambda: run(toy_config(DeviceParameters.DDP())),
-    "fsdp_accumulate": lambda: run(toy_config(DeviceParameters.FSDP(), steps=2, batch=2,
-                                              accumulation=4)),
-    "ddp_accumulate": lambda: run(toy_config(DeviceParameters.DDP(), steps=2, batch=2,
-                                             accumulation=4)),
+    "fsdp_accumulate": lambda: accumulate(DeviceParameters.FSDP()),
+    "ddp_accumulate": lambda: accumulate(DeviceParameters.DDP()),
+    "fsdp_zero2": lambda: run(toy_config(DeviceParameters.FSDP(
+        reshard_after_forward=False))),
+    "fsdp_bf16": lambda: run(toy_config(DeviceParameters.FSDP(param_dtype=torch.bfloat16))),
     "first_trainer": lambda: __import__("first_trainer").train(dp_shard=dist.get_world_size()),
 }
 

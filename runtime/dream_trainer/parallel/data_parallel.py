@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import torch.nn as nn
+from torch.distributed._composable.replicate import DDP as ReplicatedModule
 from torch.distributed._composable.replicate import replicate
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -57,9 +58,6 @@ def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
     Off on accumulating micro-batches: gradients then accumulate locally and are reduced once,
     on the last micro-batch, which saves (accumulation - 1) reductions per optimizer step.
     """
-    if isinstance(model, FSDPModule):
+    # fully_shard and replicate both turn the module into a subclass with this method.
+    if isinstance(model, (FSDPModule, ReplicatedModule)):
         model.set_requires_gradient_sync(enabled)
-        return
-    state = replicate.state(model)
-    if state is not None and getattr(state, "_ddp", None) is not None:
-        state._ddp.require_backward_grad_sync = enabled

@@ -56,6 +56,12 @@ class DistributedWorld:
         if param_dtype is None:
             param_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.param_dtype: torch.dtype = param_dtype
+        self.cpu_offload = device_parameters.cpu_offload and self.device.type != "cpu"
+        if device_parameters.cpu_offload and not self.cpu_offload:
+            # The same config should run on a laptop: without an accelerator there is nothing to
+            # offload from, and FSDP2's offload policy would fail.
+            logger.warning("DeviceParameters.cpu_offload=True ignored: no accelerator, "
+                           "parameters already live on the CPU")
         logger.info("world rank=%d size=%d device=%s dims=%s", self.rank, self.size, self.device,
                     self.dims)
 

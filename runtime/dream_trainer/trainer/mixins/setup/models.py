@@ -158,13 +158,13 @@ class ModelSetupMixin(AbstractTrainer):
             "mesh": self.world.fsdp_mesh,
             "mp_policy": MixedPrecisionPolicy(param_dtype=self.world.param_dtype,
                                               reduce_dtype=params.reduce_dtype),
-            "offload_policy": CPUOffloadPolicy() if params.cpu_offload else OffloadPolicy(),
+            "offload_policy": CPUOffloadPolicy() if self.world.cpu_offload else OffloadPolicy(),
             "reshard_after_forward": params.reshard_after_forward,
         }
 
     def _materialize(self) -> None:
         """Allocate meta tensors on the device (uninitialised), then run ``init_weights``."""
-        offload = self.world.device_parameters.cpu_offload and self.world.dims.fsdp_enabled
+        offload = self.world.cpu_offload and self.world.dims.fsdp_enabled
         device = torch.device("cpu") if offload else self.world.device
         for model in self.named_models().values():
             if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
