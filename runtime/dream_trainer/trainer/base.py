@@ -33,7 +33,8 @@ class BaseTrainerConfig:
     group: str = "default"
     experiment: str = "run"
     seed: int = 42
-    """Seeds torch on every rank before models are built, so replicated weights agree."""
+    """Seeds torch on every rank when ``fit()`` starts, so replicated weights agree, and the
+    data samplers' shuffling."""
     device_parameters: DeviceParameters = field(default_factory=DeviceParameters)
     training_parameters: TrainingParameters = field(default_factory=TrainingParameters)
     callbacks: CallbackCollection = field(default_factory=CallbackCollection)
@@ -83,7 +84,6 @@ class BaseTrainer(AbstractTrainer):
         self.training = False
         self.sanity_checking = False
         self.last_validation_result: dict[str, float] = {}
-        torch.manual_seed(config.seed)
 
     # ------------------------------------------------------------------ user hooks
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
@@ -149,6 +149,8 @@ class BaseTrainer(AbstractTrainer):
     # ------------------------------------------------------------------ fit
     def fit(self) -> None:
         """Configure, set up, then train until ``n_epochs`` or ``max_steps`` is reached."""
+        # Seeded here, not in __init__, so nothing that runs between the two shifts the init.
+        torch.manual_seed(self.config.seed)
         try:
             self.callbacks.pre_configure()
             self.configure()
