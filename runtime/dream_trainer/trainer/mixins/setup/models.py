@@ -56,7 +56,12 @@ class ModelSetupMixin(AbstractTrainer):
 
     def init_weights(self) -> None:
         """Initialise parameters and buffers in place. Runs after parallelism, on the real
-        device, under ``torch.no_grad()``; parameters may be DTensors (use in-place init)."""
+        device, under ``torch.no_grad()``; parameters may be DTensors (use in-place init).
+
+        Random init of DTensor shards is sharding-invariant only where PyTorch has a DTensor RNG
+        (CUDA); on CPU meshes each shard draws on its own (torch warns). For init that is
+        identical under every sharding, load full weights with
+        ``set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True))``."""
         raise TypeError(f"{type(self).__name__} must implement init_weights(): models are built "
                         "on the meta device and hold no values until it runs")
 
