@@ -301,9 +301,9 @@ def test_bf16_autocast_on_a_single_device() -> None:
     dtypes = []
 
     class Probe(ToyTrainer):
-        def loss(self, batch):
-            dtypes.append(self.model(batch["input_ids"][:, :-1]).dtype)
-            return super().loss(batch)
+        def lm_loss(self, logits, target):
+            dtypes.append(logits.dtype)
+            return super().lm_loss(logits, target)
 
     result = Probe(toy_config(DeviceParameters.SINGLE_DEVICE(param_dtype=torch.bfloat16),
                               steps=2))

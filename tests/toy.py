@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint.state_dict as dcp_sd
-import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -19,6 +19,7 @@ from dream_trainer import DreamTrainer, DreamTrainerConfig
 from dream_trainer.callbacks import Callback, CallbackCollection
 from dream_trainer.configs import DeviceParameters, TrainingParameters
 from dream_trainer.models import Llama, LlamaArgs
+from dream_trainer.models.llama_parallel import LlamaParallelMixin
 
 ARGS = LlamaArgs(vocab_size=64, dim=32, n_layers=2, n_heads=4, max_seq_len=16)
 SEQ = 16
@@ -36,9 +37,14 @@ class RandomTokens(Dataset[dict[str, torch.Tensor]]):
         return {"input_ids": self.data[i]}
 
 
-def reference_weights(seed: int = 1234) -> dict[str, torch.Tensor]:
+def llama_args(n_layers: int) -> LlamaArgs:
+    return LlamaArgs(vocab_size=ARGS.vocab_size, dim=ARGS.dim, n_layers=n_layers,
+                     n_heads=ARGS.n_heads, max_seq_len=ARGS.max_seq_len)
+
+
+def reference_weights(n_layers: int = ARGS.n_layers, seed: int = 1234) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    model = Llama(ARGS)
+    model = Llama(llama_args(n_layers))
     model.init_weights()
     return model.state_dict()
 
@@ -62,18 +68,21 @@ class LossRecorder(Callback):
 class ToyConfig(DreamTrainerConfig):
     lr: float = 0.5
     n_samples: int = 64
+    n_layers: int = ARGS.n_layers
 
 
-class ToyTrainer(DreamTrainer):
+class ToyTrainer(LlamaParallelMixin, DreamTrainer):
     config: ToyConfig
 
     def configure_models(self) -> None:
-        self.model = Llama(ARGS)
+        self.model = Llama(llama_args(self.config.n_layers))
 
     def init_weights(self) -> None:
-        self.model.init_weights()  # buffers (rope tables); the weights are then replaced
-        dcp_sd.set_model_state_dict(self.model, reference_weights(),
-                                    options=dcp_sd.StateDictOptions(full_state_dict=True))
+        full = reference_weights(self.config.n_layers)
+        options = dcp_sd.StateDictOptions(full_state_dict=True, strict=False)
+        for part in self.model_parts("model"):
+            part.init_weights()  # buffers (rope tables); the weights are then replaced
+            dcp_sd.set_model_state_dict(part, full, options=options)
 
     def configure_optimizers(self) -> None:
         # SGD is linear in the gradients, so a wrong reduction shows in the parameters directly;
@@ -88,28 +97,22 @@ class ToyTrainer(DreamTrainer):
                 DataLoader(val, batch_size=self.local_batch_size("val"),
                            sampler=self.get_val_sampler(val)))
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        tokens = batch["input_ids"]
-        logits = self.model(tokens[:, :-1])
-        return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
-        loss = self.loss(batch)
-        self.backward(loss)
+        loss = self.lm_step(batch["input_ids"])
         if not self.is_accumulating_gradients:
             return {"loss": loss, "grad_norm": self.step(self.model, self.optimizer)}
         return {"loss": loss}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
-        return {"val_loss": self.loss(batch)}
+        return {"val_loss": self.lm_step(batch["input_ids"])}
 
 
 def toy_config(device: DeviceParameters | None = None, *, steps: int | None = 4, batch: int = 8,
                accumulation: int = 1, clip: float | None = 1.0, n_epochs: int | None = None,
-               lr: float = 0.5, callbacks: list[Callback] | None = None,
-               **training: Any) -> ToyConfig:
+               lr: float = 0.5, n_layers: int = ARGS.n_layers,
+               callbacks: list[Callback] | None = None, **training: Any) -> ToyConfig:
     return ToyConfig(
-        lr=lr,
+        lr=lr, n_layers=n_layers,
         device_parameters=device or DeviceParameters.SINGLE_DEVICE(),
         training_parameters=TrainingParameters(
             n_epochs=n_epochs, max_steps=steps, train_batch_size=batch,
@@ -118,11 +121,22 @@ def toy_config(device: DeviceParameters | None = None, *, steps: int | None = 4,
     )
 
 
+def full_parameters(trainer: ToyTrainer) -> dict[str, torch.Tensor]:
+    """Every parameter of the model, unsharded and gathered from all pipeline stages, keyed by
+    its name in the unparallelised model (DCP's names drop wrapper prefixes such as AC's)."""
+    local: dict[str, torch.Tensor] = {}
+    for part in trainer.model_parts("model"):
+        for name, value in dcp_sd.get_model_state_dict(part).items():
+            value = value.full_tensor() if isinstance(value, DTensor) else value
+            local[name] = value.detach().cpu().clone()
+    gathered: list[dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, local)
+    return {name: value for part in gathered for name, value in part.items()}
+
+
 def run(config: ToyConfig) -> dict[str, Any]:
-    """Train and return the per-step losses and the full (unsharded) final parameters."""
+    """Train and return the per-step losses, the last validation and the full parameters."""
     trainer = ToyTrainer(config)
     trainer.fit()
-    params = {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-              for name, p in trainer.model.named_parameters()}
-    return {"losses": config.callbacks["LossRecorder"].losses, "params": params,
-            "global_step": trainer.global_step}
+    return {"losses": config.callbacks["LossRecorder"].losses, "params": full_parameters(trainer),
+            "global_step": trainer.global_step, "val": trainer.last_validation_result}

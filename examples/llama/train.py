@@ -14,7 +14,6 @@ import argparse
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from dream_trainer import DreamTrainer, DreamTrainerConfig
@@ -22,6 +21,8 @@ from dream_trainer.callbacks import CallbackCollection, ProgressCallback
 from dream_trainer.configs import DeviceParameters, TrainingParameters
 from dream_trainer.data import ByteTextDataset, read_corpus
 from dream_trainer.models import Llama, LlamaArgs
+from dream_trainer.models.llama_parallel import LlamaParallelMixin
+from dream_trainer.parallel.tensor_parallel import check_sequence_length
 from dream_trainer.utils import distributed_launch, rank_zero_print
 
 
@@ -36,14 +37,20 @@ class LlamaTrainerConfig(DreamTrainerConfig):
     """A directory (or file) of text; None: the Python standard library's sources."""
 
 
-class LlamaTrainer(DreamTrainer):
+class LlamaTrainer(LlamaParallelMixin, DreamTrainer):
+    """TP, PP and loss parallelism come from LlamaParallelMixin; FSDP/DDP, compile and
+    activation checkpointing from the defaults."""
+
     config: LlamaTrainerConfig
 
     def configure_models(self) -> None:
+        dims = self.world.dims
+        check_sequence_length(self.config.sequence_length, dims.tp, dims.cp)
         self.model = Llama(self.config.model)
 
     def init_weights(self) -> None:
-        self.model.init_weights()
+        for part in self.model_parts("model"):
+            part.init_weights()
 
     def configure_optimizers(self) -> None:
         decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
@@ -70,22 +77,15 @@ class LlamaTrainer(DreamTrainer):
                        sampler=self.get_val_sampler(val)),
         )
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        tokens = batch["input_ids"]
-        logits = self.model(tokens[:, :-1])
-        with self.world.loss_parallel():
-            return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        loss = self._loss(batch)
-        self.backward(loss)
+        loss = self.lm_step(batch["input_ids"])
         if not self.is_accumulating_gradients:
             grad_norm = self.step(self.model, self.optimizer)
             return {"loss": loss, "grad_norm": grad_norm}
         return {"loss": loss}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict:
-        return {"val_loss": self._loss(batch)}
+        return {"val_loss": self.lm_step(batch["input_ids"])}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dp-replicate", type=int, default=1,
                         help="replicas (>1 with the rest sharded: HSDP)")
     parser.add_argument("--ddp", action="store_true", help="replicate instead of sharding")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    parser.add_argument("--pp-schedule", default="1F1B")
+    parser.add_argument("--loss-parallel", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block")
+    parser.add_argument("--ac", choices=("none", "full", "selective"), default="none")
     parser.add_argument("--data", default=None, help="directory of text files")
     parser.add_argument("--val-every", type=int, default=50, help="validate every N steps")
     parser.add_argument("--log-every", type=int, default=10)
@@ -106,12 +112,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_config(args: argparse.Namespace) -> LlamaTrainerConfig:
+    common = dict(tensor_parallel=args.tp, pipeline_parallel=args.pp,
+                  pipeline_schedule=args.pp_schedule, loss_parallel=args.loss_parallel,
+                  compile_model=args.compile, checkpoint_activations=args.ac != "none",
+                  activation_checkpointing_mode="full" if args.ac == "none" else args.ac)
     if args.ddp:
-        device = DeviceParameters.DDP()
+        device = DeviceParameters.DDP(**common)
     elif args.dp_replicate > 1:
-        device = DeviceParameters(dp_replicate=args.dp_replicate, dp_shard="auto")
+        device = DeviceParameters(dp_replicate=args.dp_replicate, dp_shard="auto", **common)
     else:
-        device = DeviceParameters.FSDP()
+        device = DeviceParameters.FSDP(**common)
     return LlamaTrainerConfig(
         model=LlamaArgs(dim=args.dim, n_layers=args.layers, n_heads=max(1, args.dim // 32),
                         max_seq_len=args.seq_len),

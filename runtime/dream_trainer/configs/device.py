@@ -8,7 +8,12 @@ from typing import Any, Literal
 
 import torch
 
-from dream_trainer.configs.errors import ConfigError, require_bool, require_int
+from dream_trainer.configs.errors import (
+    ConfigError,
+    require_bool,
+    require_choice,
+    require_int,
+)
 
 Degree = int | Literal["auto"]
 
@@ -85,10 +90,27 @@ class DeviceParameters:
     """Free gathered parameters after forward (ZeRO-3); False keeps them until backward (ZeRO-2)."""
 
     compile_model: bool = False
+    """torch.compile each repeated block (``apply_compile``)."""
     enable_compiled_autograd: bool = False
+    """Capture backward with compiled autograd (needs ``compile_model``)."""
     checkpoint_activations: bool = False
+    """Recompute activations in backward (``apply_activation_checkpointing``)."""
+    activation_checkpointing_mode: Literal["full", "selective"] = "full"
+    """``full`` recomputes whole blocks; ``selective`` keeps matmul and attention outputs."""
     async_tensor_parallel: bool = False
+    """Overlap TP communication with compute (CUDA with symmetric memory, and compile)."""
     loss_parallel: bool = False
+    """Compute the loss on vocabulary-sharded logits without gathering them (TP > 1)."""
+
+    pipeline_schedule: str = "1F1B"
+    """A ``torch.distributed.pipelining`` schedule: GPipe, 1F1B, Interleaved1F1B, LoopedBFS,
+    InterleavedZeroBubble, ZBVZeroBubble, DualPipeV."""
+    pipeline_stages_per_rank: int = 1
+    """Stages each pipeline rank holds (2+ for interleaved and V-shaped schedules)."""
+    pipeline_microbatches: int | None = None
+    """Micro-batches per pipeline step; None: the number of stages."""
+    context_parallel_rotate_method: Literal["allgather", "alltoall"] = "allgather"
+    """How context-parallel attention exchanges key/value shards."""
 
     def __post_init__(self) -> None:
         degrees = {name: getattr(self, name) for name in _DEGREE_FIELDS.values()}
@@ -109,6 +131,18 @@ class DeviceParameters:
             if not (value is None and name == "param_dtype") and not isinstance(value, torch.dtype):
                 raise ConfigError(f"DeviceParameters.{name}", value, "expected a torch.dtype",
                                   "pass e.g. torch.bfloat16 or torch.float32")
+        require_choice("DeviceParameters.activation_checkpointing_mode",
+                       self.activation_checkpointing_mode, ("full", "selective"))
+        require_choice("DeviceParameters.context_parallel_rotate_method",
+                       self.context_parallel_rotate_method, ("allgather", "alltoall"))
+        require_int("DeviceParameters.pipeline_stages_per_rank", self.pipeline_stages_per_rank,
+                    minimum=1)
+        require_int("DeviceParameters.pipeline_microbatches", self.pipeline_microbatches,
+                    minimum=1, allow_none=True)
+        if self.enable_compiled_autograd and not self.compile_model:
+            raise ConfigError("DeviceParameters.enable_compiled_autograd", True,
+                              "compiled autograd compiles backward; it needs compile_model=True",
+                              "set compile_model=True or enable_compiled_autograd=False")
         if self.async_tensor_parallel and self.tensor_parallel == 1:
             raise ConfigError("DeviceParameters.async_tensor_parallel", True,
                               "async TP needs tensor_parallel > 1",
@@ -117,6 +151,10 @@ class DeviceParameters:
             raise ConfigError("DeviceParameters.loss_parallel", True,
                               "loss parallel shards the loss over the TP mesh, but tensor_parallel=1",
                               "set tensor_parallel > 1 or loss_parallel=False")
+        if self.async_tensor_parallel and not self.compile_model:
+            raise ConfigError("DeviceParameters.async_tensor_parallel", True,
+                              "async TP is a compiler pass; it needs compile_model=True",
+                              "set compile_model=True or async_tensor_parallel=False")
 
     def resolve(self, world_size: int) -> ParallelDims:
         """Concrete degrees for ``world_size``; raises ConfigError naming the fields that disagree."""

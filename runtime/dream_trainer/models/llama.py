@@ -127,7 +127,9 @@ class Llama(nn.Module):
                                device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
-        nn.init.normal_(self.tok_embeddings.weight, std=1.0)
+        # A pipeline stage lacks the parts other stages own (they are None).
+        if self.tok_embeddings is not None:
+            nn.init.normal_(self.tok_embeddings.weight, std=1.0)
         depth_std = 0.02 / math.sqrt(2 * args.n_layers)
         for block in self.layers.values():
             for linear in (block.attention.wq, block.attention.wk, block.attention.wv,
@@ -137,8 +139,10 @@ class Llama(nn.Module):
                 nn.init.trunc_normal_(linear.weight, std=depth_std)
             block.attention_norm.reset_parameters()
             block.ffn_norm.reset_parameters()
-        self.norm.reset_parameters()
-        nn.init.trunc_normal_(self.output.weight, std=args.dim**-0.5)
+        if self.norm is not None:
+            self.norm.reset_parameters()
+        if self.output is not None:
+            nn.init.trunc_normal_(self.output.weight, std=args.dim**-0.5)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens

@@ -11,19 +11,9 @@ from torch.distributed._composable.replicate import replicate
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 
+from dream_trainer.parallel.blocks import blocks
+
 logger = logging.getLogger(__name__)
-
-
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a model: children of every ModuleList/ModuleDict (outermost only)."""
-    blocks: list[nn.Module] = []
-    for module in model.modules():
-        if isinstance(module, (nn.ModuleList, nn.ModuleDict)) and not any(
-            module in list(b.modules()) for b in blocks
-        ):
-            blocks.extend(module.children() if isinstance(module, nn.ModuleList)
-                          else module.values())
-    return blocks
 
 
 def apply_fsdp(model: nn.Module, **fsdp_config: Any) -> nn.Module:
@@ -35,12 +25,12 @@ def apply_fsdp(model: nn.Module, **fsdp_config: Any) -> nn.Module:
     ``reshard_after_forward``). The last block is not resharded after forward: backward needs it
     first, so FSDP would gather it again immediately.
     """
-    blocks = _blocks(model)
+    units = blocks(model)
     reshard = fsdp_config.pop("reshard_after_forward", True)
-    for i, block in enumerate(blocks):
-        fully_shard(block, reshard_after_forward=reshard and i < len(blocks) - 1, **fsdp_config)
+    for i, block in enumerate(units):
+        fully_shard(block, reshard_after_forward=reshard and i < len(units) - 1, **fsdp_config)
     fully_shard(model, reshard_after_forward=reshard, **fsdp_config)
-    logger.info("applied FSDP2 to %s (%d blocks) on %s", type(model).__name__, len(blocks),
+    logger.info("applied FSDP2 to %s (%d blocks) on %s", type(model).__name__, len(units),
                 fsdp_config.get("mesh"))
     return model
 
@@ -58,6 +48,8 @@ def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
     Off on accumulating micro-batches: gradients then accumulate locally and are reduced once,
     on the last micro-batch, which saves (accumulation - 1) reductions per optimizer step.
     """
-    # fully_shard and replicate both turn the module into a subclass with this method.
-    if isinstance(model, (FSDPModule, ReplicatedModule)):
-        model.set_requires_gradient_sync(enabled)
+    # fully_shard and replicate turn a module into a subclass with this switch. A pipelined model
+    # holds several such roots (one per local stage), so look at every submodule.
+    for module in model.modules():
+        if isinstance(module, (FSDPModule, ReplicatedModule)):
+            module.set_requires_gradient_sync(enabled)

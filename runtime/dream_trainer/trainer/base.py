@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint.state_dict as dcp_sd
 import torch.nn as nn
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from torch.utils._pytree import tree_map
 
@@ -19,6 +20,7 @@ from dream_trainer.callbacks.callback import CallbackCollection
 from dream_trainer.configs import ConfigError, DeviceParameters, TrainingParameters
 from dream_trainer.configs.errors import require_int
 from dream_trainer.parallel import clip_grad_norm_, set_gradient_sync
+from dream_trainer.parallel.compile import compiled_autograd
 from dream_trainer.trainer.abstract import AbstractTrainer
 from dream_trainer.world import DistributedWorld
 
@@ -108,8 +110,10 @@ class BaseTrainer(AbstractTrainer):
 
     # ------------------------------------------------------------------ step API
     def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate ``loss`` scaled by 1/accumulation, so accumulated gradients are a mean."""
-        (loss / self.config.training_parameters.gradient_accumulation_steps).backward()
+        """Backpropagate ``loss`` scaled by 1/accumulation, so accumulated gradients are a mean
+        (through compiled autograd when ``enable_compiled_autograd``)."""
+        with compiled_autograd(self.world.device_parameters.enable_compiled_autograd):
+            (loss / self.config.training_parameters.gradient_accumulation_steps).backward()
 
     def step(self, model: nn.Module, optimizer: Optimizer) -> torch.Tensor:
         """Clip (if configured), step ``optimizer`` and the schedulers bound to it, zero grads.
@@ -364,6 +368,8 @@ def _accumulate(totals: dict[str, torch.Tensor], result: Any) -> None:
     if not isinstance(result, dict):
         return
     for key, value in result.items():
+        if isinstance(value, DTensor):
+            value = value.full_tensor()
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.detach().float().reshape(())
         elif isinstance(value, (int, float)) and not isinstance(value, bool):

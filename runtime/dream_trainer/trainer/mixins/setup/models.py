@@ -14,6 +14,10 @@ from torch.distributed.fsdp import register_fsdp_forward_method
 
 from dream_trainer.configs.errors import ConfigError, require_bool
 from dream_trainer.parallel import apply_ddp, apply_fsdp
+from dream_trainer.parallel.activation_checkpoint import apply_ac
+from dream_trainer.parallel.compile import apply_compile
+from dream_trainer.parallel.pipeline import Pipeline, broadcast_from_last_stage
+from dream_trainer.parallel.tensor_parallel import enable_async_tp
 from dream_trainer.trainer.abstract import AbstractTrainer
 
 logger = logging.getLogger(__name__)
@@ -66,43 +70,45 @@ class ModelSetupMixin(AbstractTrainer):
                         "on the meta device and hold no values until it runs")
 
     def apply_pipeline_parallel(self, pp_mesh: DeviceMesh) -> dict[str, Any]:
-        """Split models into pipeline stages; return ``{model_name: (schedule, stages,
-        has_first_stage, has_last_stage)}``. Required when ``pipeline_parallel > 1``."""
+        """Split models into pipeline stages. Return ``{model_name: Pipeline}`` (see
+        :func:`dream_trainer.parallel.pipeline.build_pipeline`) or, as in the seed documents,
+        ``{model_name: (schedule, stages, has_first_stage, has_last_stage)}``. Afterwards the
+        model attribute holds this rank's stage modules (``model_parts``). Required when
+        ``pipeline_parallel > 1``."""
         raise ConfigError("DeviceParameters.pipeline_parallel", self.world.dims.pp,
                           f"{type(self).__name__} does not implement apply_pipeline_parallel",
                           "override apply_pipeline_parallel(pp_mesh) or set pipeline_parallel=1")
 
     def apply_tensor_parallel(self, tp_mesh: DeviceMesh) -> None:
-        """Shard layers over ``tp_mesh`` (``parallelize_module``). Required when TP > 1."""
+        """Shard layers over ``tp_mesh`` (``parallelize_module``). Required when TP > 1; iterate
+        ``self.model_parts(name)`` so that pipelined models are covered too."""
         raise ConfigError("DeviceParameters.tensor_parallel", self.world.dims.tp,
                           f"{type(self).__name__} does not implement apply_tensor_parallel",
                           "override apply_tensor_parallel(tp_mesh) or set tensor_parallel=1")
 
     def apply_activation_checkpointing(self) -> None:
-        """Wrap blocks for activation checkpointing. Called when ``checkpoint_activations``."""
-        raise ConfigError("DeviceParameters.checkpoint_activations", True,
-                          f"{type(self).__name__} does not implement "
-                          "apply_activation_checkpointing",
-                          "override apply_activation_checkpointing() or set it to False")
+        """Checkpoint activations. Default: every repeated block (children of a ModuleList or
+        ModuleDict) of every trainable model, in ``activation_checkpointing_mode``."""
+        mode = self.world.device_parameters.activation_checkpointing_mode
+        for part in self._trainable_parts():
+            apply_ac(part, mode)
 
     def apply_compile(self) -> None:
-        """Compile models (ideally per block). Called when ``compile_model``."""
-        for model in self.named_models().values():
-            model.compile()
+        """Compile models. Default: each repeated block of every trainable model."""
+        for part in self._trainable_parts():
+            apply_compile(part)
 
     def apply_fully_shard(self, fsdp_config: dict[str, Any]) -> None:
         """Apply FSDP2. ``fsdp_config`` holds the ``fully_shard`` keyword arguments (mesh,
-        mp_policy, offload_policy, reshard_after_forward). Default: every model is sharded
-        per repeated block and then at the root (:func:`dream_trainer.parallel.apply_fsdp`)."""
-        for model in self.named_models().values():
-            if any(p.requires_grad for p in model.parameters()):
-                apply_fsdp(model, **fsdp_config)
+        mp_policy, offload_policy, reshard_after_forward). Default: every trainable model part is
+        sharded per repeated block and then at its root (:func:`dream_trainer.parallel.apply_fsdp`)."""
+        for part in self._trainable_parts():
+            apply_fsdp(part, **fsdp_config)
 
     def apply_replicate(self, dp_mesh: DeviceMesh) -> None:
-        """Apply DDP (``replicate``) over ``dp_mesh``. Default: every trainable model."""
-        for model in self.named_models().values():
-            if any(p.requires_grad for p in model.parameters()):
-                apply_ddp(model, dp_mesh)
+        """Apply DDP (``replicate``) over ``dp_mesh``. Default: every trainable model part."""
+        for part in self._trainable_parts():
+            apply_ddp(part, dp_mesh)
 
     def mark_forward_methods(self) -> list[str]:
         """Methods other than ``forward`` that run a sharded model, as ``"attr.method"`` (e.g.
@@ -118,6 +124,17 @@ class ModelSetupMixin(AbstractTrainer):
         """Models assigned as attributes of the trainer, by attribute name."""
         return self._named_attributes(nn.Module)
 
+    def model_parts(self, name: str = "model") -> list[nn.Module]:
+        """The modules of model ``name`` on this rank: its pipeline stages, or the model itself."""
+        pipeline = getattr(self, "pipelines", {}).get(name)
+        if pipeline is not None:
+            return [stage.submod for stage in pipeline.stages]
+        return [self.get_module(name)]
+
+    def _trainable_parts(self) -> list[nn.Module]:
+        return [part for name in self.named_models() for part in self.model_parts(name)
+                if any(p.requires_grad for p in part.parameters())]
+
     def get_module(self, path: str) -> nn.Module:
         """A tracked model or one of its submodules by dotted path, e.g. ``"model.layers.0"``."""
         name, _, rest = path.partition(".")
@@ -125,6 +142,41 @@ class ModelSetupMixin(AbstractTrainer):
         if name not in models:
             raise KeyError(f"no model named {name!r}; models: {sorted(models)}")
         return models[name].get_submodule(rest) if rest else models[name]
+
+    def pipeline_step(self, name: str, inputs: torch.Tensor | None,
+                      target: torch.Tensor | None) -> torch.Tensor:
+        """Run one batch through model ``name``'s pipeline: forward and backward of every
+        micro-batch in training, forward only in validation. Inputs are used on the first stage,
+        targets on the last. Returns the batch's mean loss on every rank of the pipeline.
+
+        Use it instead of ``self.backward(loss)``: the schedule runs backward itself, with the
+        loss scaled for gradient accumulation.
+        """
+        pipeline = self.pipelines[name]
+        accumulation = self.config.training_parameters.gradient_accumulation_steps
+        pipeline.loss_scale = 1.0 / accumulation if self.training else 1.0
+        losses: list[torch.Tensor] = []
+        args = (inputs,) if pipeline.has_first_stage else ()
+        kwargs: dict[str, Any] = {"target": target, "losses": losses} if (
+            pipeline.has_last_stage) else {}
+        run = pipeline.schedule.step if self.training else pipeline.schedule.eval
+        run(*args, **kwargs)
+        if pipeline.has_last_stage:
+            loss = torch.stack([x.detach() for x in losses]).mean() / pipeline.loss_scale
+        else:
+            loss = torch.zeros((), device=self.world.device)
+        return broadcast_from_last_stage(loss, self.world.pp_mesh, pipeline.has_last_stage)
+
+    def pipeline_microbatches(self) -> int:
+        """Micro-batches per pipeline step; the per-rank batch must split into them evenly."""
+        params = self.world.device_parameters
+        count = params.pipeline_microbatches or self.world.dims.pp * params.pipeline_stages_per_rank
+        local = self.config.training_parameters.train_batch_size // self.world.dp_size
+        if local % count:
+            raise ConfigError("DeviceParameters.pipeline_microbatches", count,
+                              f"the per-rank batch of {local} does not split into {count} "
+                              "micro-batches", "choose a divisor of the per-rank batch size")
+        return count
 
     # ------------------------------------------------------------ lifecycle
     def _configure_models(self) -> None:
@@ -140,10 +192,22 @@ class ModelSetupMixin(AbstractTrainer):
 
     def _setup_models(self) -> None:
         dims, params = self.world.dims, self.world.device_parameters
+        if dims.cp > 1 and self.world.device.type == "cpu":
+            raise ConfigError("DeviceParameters.context_parallel", dims.cp,
+                              "PyTorch cannot train context parallelism on CPU (no CPU sharding "
+                              "strategy for SDPA; FlexAttention has no CPU backward)",
+                              "run on GPUs or set context_parallel=1")
+        if dims.tp > 1 and dims.ddp_enabled:
+            raise ConfigError("DeviceParameters.dp_replicate", dims.dp_replicate,
+                              "DDP cannot replicate tensor-parallel DTensor parameters",
+                              "shard instead: dp_shard > 1 (FSDP) or HSDP with dp_shard > 1")
+        self.pipelines: dict[str, Pipeline] = {}
         if dims.pp > 1:
-            self.pipeline_schedules = self.apply_pipeline_parallel(self.world.pp_mesh)
+            self._setup_pipelines(self.apply_pipeline_parallel(self.world.pp_mesh))
         if dims.tp > 1:
             self.apply_tensor_parallel(self.world.tp_mesh)
+            if params.async_tensor_parallel:
+                enable_async_tp(self.world.tp_mesh)
         if params.checkpoint_activations:
             self.apply_activation_checkpointing()
         if params.compile_model:
@@ -157,6 +221,18 @@ class ModelSetupMixin(AbstractTrainer):
             self.apply_replicate(self.world.dp_mesh)
         self._materialize()
 
+    def _setup_pipelines(self, pipelines: dict[str, Any]) -> None:
+        models = self.named_models()
+        for name, value in pipelines.items():
+            if name not in models:
+                raise KeyError(f"apply_pipeline_parallel returned {name!r}, which is not a "
+                               f"model attribute; models: {sorted(models)}")
+            pipeline = value if isinstance(value, Pipeline) else Pipeline(*value)
+            self.pipelines[name] = pipeline
+            # The attribute now holds exactly this rank's stages, so optimizers, state dicts and
+            # the later parallelism hooks see the local parameters only.
+            setattr(self, name, nn.ModuleList([stage.submod for stage in pipeline.stages]))
+
     def _fsdp_config(self) -> dict[str, Any]:
         params = self.world.device_parameters
         return {
@@ -164,7 +240,9 @@ class ModelSetupMixin(AbstractTrainer):
             "mp_policy": MixedPrecisionPolicy(param_dtype=self.world.param_dtype,
                                               reduce_dtype=params.reduce_dtype),
             "offload_policy": CPUOffloadPolicy() if self.world.cpu_offload else OffloadPolicy(),
-            "reshard_after_forward": params.reshard_after_forward,
+            # Under PP each micro-batch runs forward then later backward: resharding in between
+            # would all-gather every stage once more per micro-batch.
+            "reshard_after_forward": params.reshard_after_forward and self.world.dims.pp == 1,
         }
 
     def _materialize(self) -> None:
