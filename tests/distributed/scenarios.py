@@ -74,5 +74,29 @@ def main(out_dir: str, names: list[str]) -> None:
         dist.barrier()
 
 
+
+def model_parallel(validate: bool = True, **device: Any) -> Callable[[], dict[str, Any]]:
+    """A 4-layer run (so 2 ranks x 2 stages divide the layers), validating at the end."""
+    validation = {"val_every_n_steps": 4, "val_steps_per_epoch": 2} if validate else {}
+    return lambda: run(toy_config(DeviceParameters(**device), n_layers=4, **validation))
+
+
+SCENARIOS |= {
+    "tp": model_parallel(dp_shard=2, tensor_parallel=2),
+    "tp_loss_parallel": model_parallel(dp_shard=2, tensor_parallel=2, loss_parallel=True),
+    "tp_pp": model_parallel(dp_shard=1, tensor_parallel=2, pipeline_parallel=2),
+    "pp_gpipe": model_parallel(dp_shard=2, pipeline_parallel=2, pipeline_schedule="GPipe"),
+    "pp_1f1b": model_parallel(dp_shard=2, pipeline_parallel=2, pipeline_schedule="1F1B"),
+    "pp_interleaved_1f1b": model_parallel(dp_shard=2, pipeline_parallel=2,
+                                          pipeline_schedule="Interleaved1F1B",
+                                          pipeline_stages_per_rank=2),
+    "pp_zbv": model_parallel(validate=False, dp_shard=2, pipeline_parallel=2, pipeline_schedule="ZBVZeroBubble",
+                             pipeline_stages_per_rank=2),
+    "pp_interleaved_zb": model_parallel(dp_shard=2, pipeline_parallel=2,
+                                        pipeline_schedule="InterleavedZeroBubble",
+                                        pipeline_stages_per_rank=2),
+}
+
+
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:])

@@ -111,9 +111,12 @@ class BaseTrainer(AbstractTrainer):
     # ------------------------------------------------------------------ step API
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate ``loss`` scaled by 1/accumulation, so accumulated gradients are a mean
-        (through compiled autograd when ``enable_compiled_autograd``)."""
-        with compiled_autograd(self.world.device_parameters.enable_compiled_autograd):
-            (loss / self.config.training_parameters.gradient_accumulation_steps).backward()
+        (through compiled autograd when ``enable_compiled_autograd``). Runs inside
+        ``loss_parallel()``, which a loss computed on sharded logits needs for its backward too."""
+        accumulation = self.config.training_parameters.gradient_accumulation_steps
+        with compiled_autograd(self.world.device_parameters.enable_compiled_autograd), \
+                self.world.loss_parallel():
+            (loss / accumulation).backward()
 
     def step(self, model: nn.Module, optimizer: Optimizer) -> torch.Tensor:
         """Clip (if configured), step ``optimizer`` and the schedulers bound to it, zero grads.

@@ -22,6 +22,8 @@ from dream_trainer.trainer.abstract import AbstractTrainer
 
 logger = logging.getLogger(__name__)
 
+_NO_EVAL_SCHEDULES = {"ScheduleZBVZeroBubble", "ScheduleDualPipeV"}
+
 
 @dataclass(kw_only=True)
 class ModelSetupConfigMixin:
@@ -159,8 +161,16 @@ class ModelSetupMixin(AbstractTrainer):
         args = (inputs,) if pipeline.has_first_stage else ()
         kwargs: dict[str, Any] = {"target": target, "losses": losses} if (
             pipeline.has_last_stage) else {}
+        if not self.training and type(pipeline.schedule).__name__ in _NO_EVAL_SCHEDULES:
+            raise ConfigError("DeviceParameters.pipeline_schedule",
+                              type(pipeline.schedule).__name__.removeprefix("Schedule"),
+                              "PyTorch's eval() for V-shaped schedules replays their backward "
+                              "actions, so validation cannot run under it",
+                              "validate with 'InterleavedZeroBubble' or 'Interleaved1F1B', or "
+                              "train without a validation dataloader")
         run = pipeline.schedule.step if self.training else pipeline.schedule.eval
-        run(*args, **kwargs)
+        with self.world.loss_parallel():  # the schedule runs the loss's backward, too
+            run(*args, **kwargs)
         if pipeline.has_last_stage:
             loss = torch.stack([x.detach() for x in losses]).mean() / pipeline.loss_scale
         else:
