@@ -21,8 +21,8 @@ SCENARIOS = Path(__file__).parent / "distributed" / "scenarios.py"
 MODEL_PARALLEL = ["tp", "tp_loss_parallel", "tp_pp", "pp_gpipe", "pp_1f1b",
                   "pp_interleaved_1f1b", "pp_interleaved_zb", "pp_zbv"]
 LAUNCHES = {
-    2: ["fsdp", "ddp", "fsdp_accumulate", "ddp_accumulate", "fsdp_zero2", "fsdp_bf16",
-        "first_trainer"],
+    2: ["fsdp", "ddp", "fsdp_accumulate", "ddp_accumulate", "fsdp_zero2", "fsdp_optimized",
+        "fsdp_bf16", "first_trainer"],
     4: ["fsdp", "hsdp", "ddp", *MODEL_PARALLEL],
 }
 
@@ -80,6 +80,13 @@ def test_accumulating_4x2_equals_one_batch_of_8(results, scenario) -> None:
     assert got["global_step"] == 2
     assert got["synced"] == [False] * 6  # 3 accumulating micro-batches per step, none reduced
     assert_same_training(got, one_batch)
+
+
+def test_optimize_fsdp_records_execution_order_and_keeps_results(results, reference) -> None:
+    got = results[2]["fsdp_optimized"]
+    # The root unit (the model) runs first, then each block unit.
+    assert got["order"] == ["FSDPLlama", "FSDPTransformerBlock", "FSDPTransformerBlock"]
+    assert_same_training(got, reference)
 
 
 def test_bf16_mixed_precision_tracks_fp32(results, reference) -> None:

@@ -48,6 +48,14 @@ class SyncProbe(Callback):
         self.synced.append(all(torch.equal(gathered[0], g) for g in gathered))
 
 
+def optimize_fsdp() -> dict[str, Any]:
+    from dream_trainer.callbacks import OptimizeFSDP
+
+    callback = OptimizeFSDP(prefetch=2)
+    result = run(toy_config(DeviceParameters.FSDP(), callbacks=[callback]))
+    return {**result, "order": [type(m).__name__ for m in callback.order]}
+
+
 def accumulate(device: DeviceParameters) -> dict[str, Any]:
     probe = SyncProbe()
     result = run(toy_config(device, steps=2, batch=2, accumulation=4, callbacks=[probe]))
@@ -61,6 +69,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "ddp_accumulate": lambda: accumulate(DeviceParameters.DDP()),
     "fsdp_zero2": lambda: run(toy_config(DeviceParameters.FSDP(
         reshard_after_forward=False))),
+    "fsdp_optimized": optimize_fsdp,
     "fsdp_bf16": lambda: run(toy_config(DeviceParameters.FSDP(param_dtype=torch.bfloat16))),
     "first_trainer": lambda: __import__("first_trainer").train(dp_shard=dist.get_world_size()),
 }
@@ -92,6 +101,8 @@ SCENARIOS |= {
                                           pipeline_stages_per_rank=2),
     "pp_zbv": model_parallel(validate=False, dp_shard=2, pipeline_parallel=2, pipeline_schedule="ZBVZeroBubble",
                              pipeline_stages_per_rank=2),
+    # GPU only (see test_context_parallel); fp32 so that it compares tightly with one process.
+    "cp": model_parallel(dp_shard=1, context_parallel=2, param_dtype=torch.float32),
     "pp_interleaved_zb": model_parallel(dp_shard=2, pipeline_parallel=2,
                                         pipeline_schedule="InterleavedZeroBubble",
                                         pipeline_stages_per_rank=2),

@@ -115,10 +115,16 @@ class LlamaParallelMixin(ModelSetupMixin):
     def lm_step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Loss of predicting ``tokens[:, 1:]`` from ``tokens[:, :-1]``; in training also runs
         backward (through the pipeline schedule when pipelined). Returns a plain scalar."""
-        inputs, target = tokens[:, :-1], tokens[:, 1:]
+        inputs, target = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
         if self.pipelines:
             return self.pipeline_step("model", inputs, target)
-        loss = self.lm_loss(self.model(inputs), target)
-        if self.training:
-            self.backward(loss)  # type: ignore[attr-defined]
+        with self.context_parallel([inputs, target], [1, 1]):
+            loss = self.lm_loss(self.model(inputs), target)
+            if self.training:
+                self.backward(loss)  # type: ignore[attr-defined]
         return loss.full_tensor() if isinstance(loss, DTensor) else loss
+
+    def context_parallel_buffers(self) -> list[tuple[torch.Tensor, int]]:
+        """The rotary tables are indexed by position, so they are sharded with the sequence."""
+        return [(part.rope_cos, 0) for part in self.model_parts("model")] + [
+            (part.rope_sin, 0) for part in self.model_parts("model")]

@@ -144,8 +144,10 @@ class DistributedWorld:
     def barrier(self) -> None:
         dist.barrier()
 
-    def all_reduce_mean(self, tensor: torch.Tensor, mesh: str = "dp") -> torch.Tensor:
-        """Mean of ``tensor`` over a mesh view (default: the data-parallel ranks); returns a copy."""
+    def all_reduce_mean(self, tensor: torch.Tensor, mesh: str = "dp_cp") -> torch.Tensor:
+        """Mean of ``tensor`` over a mesh view; returns a copy. The default, ``dp_cp``, spans the
+        ranks that see different data (different samples, or different tokens under CP), so a
+        per-rank mean loss becomes the global mean loss."""
         group_mesh = self.get_mesh(mesh)
         out = tensor.detach().clone()
         if group_mesh.size() > 1:

@@ -1,5 +1,11 @@
 """Trainer mixins: compose the features a trainer needs."""
 
+from dream_trainer.trainer.mixins.quantize import (
+    ExcludeModuleByName,
+    ExcludeSubmodules,
+    QuantizeConfigMixin,
+    QuantizeMixin,
+)
 from dream_trainer.trainer.mixins.setup import (
     DataLoaderSetupConfigMixin,
     DataLoaderSetupMixin,
@@ -12,6 +18,10 @@ from dream_trainer.trainer.mixins.setup import (
 )
 
 __all__ = [
+    "ExcludeModuleByName",
+    "ExcludeSubmodules",
+    "QuantizeConfigMixin",
+    "QuantizeMixin",
     "DataLoaderSetupConfigMixin",
     "DataLoaderSetupMixin",
     "ModelSetupConfigMixin",

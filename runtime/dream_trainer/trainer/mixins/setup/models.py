@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from dream_trainer.configs.errors import ConfigError, require_bool
 from dream_trainer.parallel import apply_ddp, apply_fsdp
 from dream_trainer.parallel.activation_checkpoint import apply_ac
 from dream_trainer.parallel.compile import apply_compile
+from dream_trainer.parallel.context_parallel import context_parallel
 from dream_trainer.parallel.pipeline import Pipeline, broadcast_from_last_stage
 from dream_trainer.parallel.tensor_parallel import enable_async_tp
 from dream_trainer.trainer.abstract import AbstractTrainer
@@ -59,6 +61,10 @@ class ModelSetupMixin(AbstractTrainer):
 
     def post_configure_models(self) -> None:
         """Runs after ``configure_models``, before any parallelism (e.g. to tie weights)."""
+
+    def convert_models(self) -> None:
+        """Swap modules before any parallelism (e.g. FP8 linears, see ``QuantizeMixin``).
+        Mixins that override it call ``super().convert_models()``."""
 
     def init_weights(self) -> None:
         """Initialise parameters and buffers in place. Runs after parallelism, on the real
@@ -117,9 +123,23 @@ class ModelSetupMixin(AbstractTrainer):
         ``"model.generate"``); FSDP gathers parameters around them too."""
         return []
 
-    def context_parallel_buffers(self) -> list[torch.Tensor]:
-        """Buffers sharded along the sequence dimension under context parallelism."""
+    def context_parallel_buffers(self) -> list[tuple[torch.Tensor, int]]:
+        """Model buffers indexed by sequence position (e.g. rotary tables) as ``(buffer,
+        seq_dim)``: under context parallelism they are sharded like the inputs."""
         return []
+
+    def context_parallel(self, tensors: list[torch.Tensor],
+                         seq_dims: list[int]) -> contextlib.AbstractContextManager:
+        """Run forward and backward of a batch inside this when ``context_parallel > 1``: it
+        shards ``tensors`` (the batch) and :meth:`context_parallel_buffers` along the sequence.
+        A no-op without context parallelism."""
+        if self.world.dims.cp == 1:
+            return contextlib.nullcontext()
+        buffers = self.context_parallel_buffers()
+        return context_parallel(
+            self.world.cp_mesh, [*tensors, *(b for b, _ in buffers)],
+            [*seq_dims, *(d for _, d in buffers)], no_restore=tensors,
+            rotate_method=self.world.device_parameters.context_parallel_rotate_method)
 
     # ------------------------------------------------------------ tracking
     def named_models(self) -> dict[str, nn.Module]:
@@ -199,6 +219,7 @@ class ModelSetupMixin(AbstractTrainer):
             raise TypeError(f"{type(self).__name__}.configure_models() assigned no nn.Module "
                             "attribute; write e.g. self.model = MyModel(...)")
         self.post_configure_models()
+        self.convert_models()
 
     def _setup_models(self) -> None:
         dims, params = self.world.dims, self.world.device_parameters
