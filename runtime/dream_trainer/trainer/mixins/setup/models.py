@@ -45,8 +45,10 @@ class ModelSetupMixin(AbstractTrainer):
     """Models are tracked by assigning them to attributes in :meth:`configure_models`.
 
     Setup order (each step documented at its hook): ``configure_models`` (meta device) →
-    ``post_configure_models`` → pipeline split → tensor parallel → activation checkpointing →
-    compile → FSDP or DDP → materialise on the device → ``init_weights``.
+    ``post_configure_models`` → ``convert_models`` (e.g. FP8) → pipeline split → tensor
+    parallel → activation checkpointing → compile → FSDP or DDP → materialise on the device →
+    ``init_weights``. Context parallelism is not a setup step: it shards each batch at run time
+    (:meth:`context_parallel`).
     Sharding must come last because FSDP shards whatever parameters exist when it is applied:
     TP first turns weights into TP-sharded DTensors, which FSDP then shards further; compiling
     before FSDP lets each block compile once without FSDP's hooks inside the graph.
