@@ -115,13 +115,14 @@ def test_epochs_and_steps_limits() -> None:
     result = ToyTrainer(toy_config(steps=None, n_epochs=2, train_steps_per_epoch=3))
     result.fit()
     assert (result.global_step, result.current_epoch) == (6, 2)
+    # max_steps ends training mid-epoch: that epoch is not complete, a resume continues it.
     capped = ToyTrainer(toy_config(steps=5, n_epochs=3))
     capped.fit()
-    assert (capped.global_step, capped.current_epoch) == (5, 1)
-    # n_epochs=None: epochs continue until max_steps.
+    assert (capped.global_step, capped.current_epoch, capped.epoch_batches) == (5, 0, 5)
+    # n_epochs=None: epochs continue until max_steps (20 = 2 full epochs of 8, then 4).
     long = ToyTrainer(toy_config(steps=20, n_epochs=None))
     long.fit()
-    assert (long.global_step, long.current_epoch) == (20, 3)
+    assert (long.global_step, long.current_epoch, long.epoch_batches) == (20, 2, 4)
 
 
 def test_validation_points() -> None:

@@ -24,4 +24,8 @@ CHECKPOINT_URI = "DREAM_CHECKPOINT_URI"
 PROGRESS_PORT = "DREAM_PROGRESS_PORT"
 """Port of the rank-0 progress endpoint that the operator polls (and Prometheus may scrape)."""
 
+PREEMPTED_EXIT_CODE = 143
+"""Exit status of a worker that was asked to stop (SIGTERM: eviction, node drain) and wrote its
+emergency checkpoint (128 + SIGTERM, as a shell reports it). The group should be restarted."""
+
 ALL = (JOB_NAME, JOB_NAMESPACE, JOB_UID, RESTART_COUNT, CHECKPOINT_URI, PROGRESS_PORT)

@@ -48,6 +48,7 @@ class ProgressCallback(Callback):
         self._loss_sum, self._loss_count = torch.zeros(()), 0
         self._last_loss = float("nan")
         self._start_step = self.trainer.global_step
+        self._total = self._total_steps()
 
     def _total_steps(self) -> int | None:
         params = self.trainer.config.training_parameters
@@ -78,7 +79,7 @@ class ProgressCallback(Callback):
         self._last_loss = float(self.trainer.world.all_reduce_mean(mean.to(self.trainer.device)))
         now = time.perf_counter()
         rate = self._window_tokens / max(now - self._window_start, 1e-9)
-        total = self._total_steps()
+        total = self._total
         done = step - self._start_step
         eta = ""
         if total is not None and done > 0:

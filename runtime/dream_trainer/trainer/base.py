@@ -82,6 +82,8 @@ class BaseTrainer(AbstractTrainer):
         self.callbacks.initialize(self)
         self.global_step = 0
         self.current_epoch = 0
+        self.epoch_batches = 0
+        """Micro-batches consumed in ``current_epoch``: where a resumed epoch continues."""
         self.local_batches = 0
         self.training = False
         self.sanity_checking = False
@@ -186,10 +188,12 @@ class BaseTrainer(AbstractTrainer):
             self.sanity_checking = False
         while not self._finished():
             self.callbacks.pre_epoch()
-            self._train_epoch()
+            completed = self._train_epoch()
             self.callbacks.post_epoch()
-            self.current_epoch += 1
-            self._step_schedulers(None, interval="epoch")
+            if completed:  # max_steps can end training mid-epoch; a resume continues that epoch
+                self.current_epoch += 1
+                self.epoch_batches = 0
+                self._step_schedulers(None, interval="epoch")
 
     def _train_loader(self) -> Iterable[Any]:
         loader = getattr(self, "train_dataloader", None)
@@ -211,12 +215,27 @@ class BaseTrainer(AbstractTrainer):
         limits = [n for n in (available, params.train_steps_per_epoch) if n is not None]
         return min(limits) if limits else None
 
-    def _train_epoch(self) -> None:
+    def _position_loader(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """An iterator over this epoch's remaining batches: the sampler is told the epoch (for
+        shuffling) and, when resuming mid-epoch, where to start, in global samples."""
+        start = self.epoch_batches
+        sampler = next(_samplers(loader), None)
+        if sampler is not None:
+            sampler.set_epoch(self.current_epoch)
+        if start and hasattr(sampler, "set_start"):
+            sampler.set_start(start * self.config.training_parameters.train_batch_size)
+            return iter(loader)
+        if start:
+            logger.warning("resuming epoch %d at batch %d: the sampler cannot seek, so %d "
+                           "batches are read and skipped", self.current_epoch, start, start)
+            return islice(loader, start, None)
+        return iter(loader)
+
+    def _train_epoch(self) -> bool:
+        """Train until the epoch's batches run out (True) or ``max_steps`` is reached (False)."""
         params = self.config.training_parameters
         accumulation = params.gradient_accumulation_steps
         loader = self._train_loader()
-        for sampler in _samplers(loader):
-            sampler.set_epoch(self.current_epoch)
         steps = self._steps_in_epoch(loader)
         if steps == 0:
             raise ValueError(f"the train dataloader yields fewer than gradient_accumulation_steps="
@@ -225,14 +244,18 @@ class BaseTrainer(AbstractTrainer):
         if self._val_loader() is not None:
             if params.val_every_n_steps is None and steps is not None:
                 val_at = validation_points(steps, params.val_frequency)
-        limit = None if steps is None else steps * accumulation
+        start = self.epoch_batches
+        limit = None if steps is None else steps * accumulation - start
+        batches = self._position_loader(loader)
 
         self.train()
         self.callbacks.pre_train_epoch()
         totals: dict[str, torch.Tensor] = {}
-        step_in_epoch = 0
-        for batch_idx, batch in enumerate(islice(loader, limit)):
+        step_in_epoch = start // accumulation
+        completed = True
+        for batch_idx, batch in enumerate(islice(batches, limit), start=start):
             if params.max_steps is not None and self.global_step >= params.max_steps:
+                completed = False
                 break
             batch = self._to_device(batch)
             stepping = not self.is_accumulating_gradients
@@ -243,6 +266,7 @@ class BaseTrainer(AbstractTrainer):
                 result = self.training_step(batch, batch_idx)
             self.callbacks.post_train_step(result, batch_idx)
             self.local_batches += 1
+            self.epoch_batches += 1
             if stepping:
                 self.global_step += 1
                 step_in_epoch += 1
@@ -259,8 +283,10 @@ class BaseTrainer(AbstractTrainer):
                 optimizer.zero_grad(set_to_none=True)
             self.local_batches += accumulation - self.local_batches % accumulation
         self.callbacks.post_train_epoch(self._mean_results(totals))
-        if steps is None and self._val_loader() is not None and params.val_every_n_steps is None:
+        if (completed and steps is None and self._val_loader() is not None
+                and params.val_every_n_steps is None):
             self._run_validation(limit=params.val_steps_per_epoch)
+        return completed
 
     def _validation_due(self, step_in_epoch: int, val_at: set[int]) -> bool:
         every = self.config.training_parameters.val_every_n_steps
@@ -313,6 +339,7 @@ class BaseTrainer(AbstractTrainer):
         optimizers = self.named_optimizers()
         return {
             "trainer": {"global_step": self.global_step, "current_epoch": self.current_epoch,
+                        "epoch_batches": self.epoch_batches,
                         "local_batches": self.local_batches,
                         "callbacks": self.callbacks.state_dict()},
             "models": {name: dcp_sd.get_model_state_dict(model) for name, model in models.items()},
@@ -329,6 +356,7 @@ class BaseTrainer(AbstractTrainer):
         trainer = state_dict["trainer"]
         self.global_step = trainer["global_step"]
         self.current_epoch = trainer["current_epoch"]
+        self.epoch_batches = trainer.get("epoch_batches", 0)
         self.local_batches = trainer.get("local_batches", 0)
         self.callbacks.load_state_dict(trainer.get("callbacks", {}))
         models = self.named_models()

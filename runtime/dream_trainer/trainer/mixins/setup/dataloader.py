@@ -6,7 +6,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
+
+from dream_trainer.data.sampler import ResumableDistributedSampler
 
 from dream_trainer.configs.errors import ConfigError, require_bool
 from dream_trainer.trainer.abstract import AbstractTrainer
@@ -45,22 +47,26 @@ class DataLoaderSetupMixin(AbstractTrainer):
         size = params.train_batch_size if split == "train" else params.effective_val_batch_size
         return size // self.world.dp_size
 
-    def get_train_sampler(self, dataset: Dataset, shuffle: bool | None = None) -> DistributedSampler:
+    def get_train_sampler(self, dataset: Dataset,
+                          shuffle: bool | None = None) -> ResumableDistributedSampler:
         """A sampler giving each data-parallel rank a disjoint share of ``dataset``.
 
         Ranks that differ only in tp/cp/pp get the same samples (they cooperate on one batch).
         The tail that does not divide evenly is dropped so every rank runs the same step count.
+        The trainer positions it when resuming mid-epoch, in global samples, so a job resumed on
+        another number of ranks neither skips nor repeats a sample.
         """
         if shuffle is None:
             shuffle = getattr(self.config, "shuffle_train", True)
-        return DistributedSampler(dataset, num_replicas=self.world.dp_size,
-                                  rank=self.world.dp_rank, shuffle=shuffle,
-                                  seed=self.config.seed, drop_last=True)
+        return ResumableDistributedSampler(dataset, num_replicas=self.world.dp_size,
+                                           rank=self.world.dp_rank, shuffle=shuffle,
+                                           seed=self.config.seed, drop_last=True)
 
-    def get_val_sampler(self, dataset: Dataset) -> DistributedSampler:
+    def get_val_sampler(self, dataset: Dataset) -> ResumableDistributedSampler:
         """Like :meth:`get_train_sampler`, without shuffling."""
-        return DistributedSampler(dataset, num_replicas=self.world.dp_size,
-                                  rank=self.world.dp_rank, shuffle=False, drop_last=True)
+        return ResumableDistributedSampler(dataset, num_replicas=self.world.dp_size,
+                                           rank=self.world.dp_rank, shuffle=False,
+                                           drop_last=True)
 
     def _setup_dataloaders(self) -> None:
         loaders = self.configure_dataloaders()
