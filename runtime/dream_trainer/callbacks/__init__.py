@@ -4,14 +4,23 @@ from dream_trainer.callbacks.callback import HOOKS, Callback, CallbackCollection
 from dream_trainer.callbacks.progress import ProgressCallback
 
 
-def __getattr__(name: str) -> object:
-    # OptimizeFSDP depends on the trainer mixins, which import this package: load it lazily.
-    if name == "OptimizeFSDP":
-        from dream_trainer.callbacks.optimize_fsdp import OptimizeFSDP
+_LAZY = {
+    "OptimizeFSDP": "dream_trainer.callbacks.optimize_fsdp",
+    "CheckpointCallback": "dream_trainer.callbacks.checkpoint",
+    "AsyncCheckpointCallback": "dream_trainer.callbacks.async_checkpoint",
+    "ExportCallback": "dream_trainer.callbacks.export",
+}
 
-        return OptimizeFSDP
+
+def __getattr__(name: str) -> object:
+    # These depend on the trainer mixins, which import this package: load them lazily.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'dream_trainer.callbacks' has no attribute {name!r}")
 
 
-__all__ = ["HOOKS", "Callback", "CallbackCollection", "OptimizeFSDP", "ProgressCallback",
+__all__ = ["HOOKS", "AsyncCheckpointCallback", "Callback", "CallbackCollection",
+           "CheckpointCallback", "ExportCallback", "OptimizeFSDP", "ProgressCallback",
            "RankZeroCallback"]

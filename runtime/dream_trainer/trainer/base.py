@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -19,6 +20,7 @@ from torch.utils._pytree import tree_map
 from dream_trainer.callbacks.callback import CallbackCollection
 from dream_trainer.configs import ConfigError, DeviceParameters, TrainingParameters
 from dream_trainer.configs.errors import require_int
+from dream_trainer.contract import CHECKPOINT_URI
 from dream_trainer.parallel import clip_grad_norm_, set_gradient_sync
 from dream_trainer.parallel.compile import compiled_autograd
 from dream_trainer.trainer.abstract import AbstractTrainer
@@ -79,6 +81,7 @@ class BaseTrainer(AbstractTrainer):
         self.world = DistributedWorld(config.device_parameters)
         config.training_parameters.check_divisible(self.world.dp_size)
         self.callbacks = config.callbacks
+        self._add_checkpointing_from_environment()
         self.callbacks.initialize(self)
         self.global_step = 0
         self.current_epoch = 0
@@ -88,6 +91,18 @@ class BaseTrainer(AbstractTrainer):
         self.training = False
         self.sanity_checking = False
         self.last_validation_result: dict[str, float] = {}
+
+    def _add_checkpointing_from_environment(self) -> None:
+        """Under the operator (``DREAM_CHECKPOINT_URI`` set) a job checkpoints and resumes with
+        no user code: add a CheckpointCallback if the config has none."""
+        from dream_trainer.callbacks.checkpoint import CheckpointCallback
+        from dream_trainer.trainer.mixins.setup.setup import SetupMixin
+
+        if not os.environ.get(CHECKPOINT_URI) or not isinstance(self, SetupMixin):
+            return
+        if not any(isinstance(c, CheckpointCallback) for c in self.callbacks.values()):
+            self.callbacks.add(CheckpointCallback())
+            logger.info("checkpointing to $%s=%s", CHECKPOINT_URI, os.environ[CHECKPOINT_URI])
 
     # ------------------------------------------------------------------ user hooks
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
