@@ -33,8 +33,8 @@ class RandomTokens(Dataset[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.data[i]}
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.data[i], "index": i}
 
 
 def llama_args(n_layers: int) -> LlamaArgs:

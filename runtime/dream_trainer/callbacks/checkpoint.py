@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 from dream_trainer.callbacks.callback import Callback
@@ -168,7 +169,7 @@ class CheckpointCallback(Callback[SetupMixin]):
         for url in self._candidates():
             try:
                 self._load(url)
-            except Exception as err:  # a corrupt or partial checkpoint: try the previous one
+            except (Exception, CheckpointException) as err:  # corrupt: try the previous one
                 if self.params.resume_path:
                     raise
                 logger.warning("cannot resume from %s (%s: %s); trying the previous committed "
