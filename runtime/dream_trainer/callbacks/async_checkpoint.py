@@ -8,9 +8,9 @@ from concurrent.futures import Future
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
 from dream_trainer.callbacks.checkpoint import CheckpointCallback
+from dream_trainer.checkpoint.writer import checkpoint_writer
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class AsyncCheckpointCallback(CheckpointCallback):
                                                   use_async_staging=False,
                                                   use_non_blocking_copy=True))
         response = dcp.async_save(self._app_state(),
-                                  storage_writer=FsspecWriter(self.store.url_of(name)),
+                                  storage_writer=checkpoint_writer(self.store.url_of(name)),
                                   process_group=self._group, async_stager=stager)
         future = getattr(response, "upload_completion", response)
         self._pending = (future, name, reason, time.perf_counter())

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
@@ -24,6 +23,7 @@ from dream_trainer.checkpoint.layout import (
     to_delete,
 )
 from dream_trainer.checkpoint.storage import CheckpointStore
+from dream_trainer.checkpoint.writer import checkpoint_reader, checkpoint_writer
 from dream_trainer.configs import CheckpointParameters
 from dream_trainer.contract import PREEMPTED_EXIT_CODE
 from dream_trainer.trainer.mixins.setup.setup import SetupMixin
@@ -129,7 +129,7 @@ class CheckpointCallback(Callback[SetupMixin]):
 
     def _write(self, name: str, reason: str) -> None:
         """Write the shards, then commit. The async variant overrides this."""
-        dcp.save(self._app_state(), storage_writer=FsspecWriter(self.store.url_of(name)))
+        dcp.save(self._app_state(), storage_writer=checkpoint_writer(self.store.url_of(name)))
         dist.barrier()  # every rank's shards (and rank files) are written
         self._commit(name, reason)
 
@@ -184,7 +184,7 @@ class CheckpointCallback(Callback[SetupMixin]):
         if self.params.model_weights_only:
             state = {"models": state["models"]}
         planner = DefaultLoadPlanner(allow_partial_load=not self.params.strict_load)
-        dcp.load(state, storage_reader=FsspecReader(url), planner=planner)
+        dcp.load(state, storage_reader=checkpoint_reader(url), planner=planner)
         if self.params.model_weights_only:
             for name, model_state in state["models"].items():
                 trainer.load_state_dict({"trainer": {"global_step": 0, "current_epoch": 0},
