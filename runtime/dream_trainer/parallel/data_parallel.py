@@ -22,14 +22,16 @@ def apply_fsdp(model: nn.Module, **fsdp_config: Any) -> nn.Module:
     Per-block units let FSDP all-gather one block while the previous one computes, and free it
     right after; the root unit holds what is left (embeddings, final norm, output head).
     ``fsdp_config`` is passed to ``fully_shard`` (``mesh``, ``mp_policy``, ``offload_policy``,
-    ``reshard_after_forward``). The last block is not resharded after forward: backward needs it
-    first, so FSDP would gather it again immediately.
+    ``reshard_after_forward``). The last block and the root are not resharded after forward:
+    backward needs them first, so FSDP would gather them again immediately.
     """
     units = blocks(model)
     reshard = fsdp_config.pop("reshard_after_forward", True)
     for i, block in enumerate(units):
         fully_shard(block, reshard_after_forward=reshard and i < len(units) - 1, **fsdp_config)
-    fully_shard(model, reshard_after_forward=reshard, **fsdp_config)
+    # None lets FSDP2 keep the root unit gathered from forward into backward (it would be
+    # gathered again at once), which saves one all-gather of the embeddings and head per step.
+    fully_shard(model, reshard_after_forward=None if reshard else False, **fsdp_config)
     logger.info("applied FSDP2 to %s (%d blocks) on %s", type(model).__name__, len(units),
                 fsdp_config.get("mesh"))
     return model
