@@ -90,6 +90,7 @@ class BaseTrainer(AbstractTrainer):
         self.local_batches = 0
         self.training = False
         self.sanity_checking = False
+        self._gradient_sync = True  # FSDP and DDP reduce gradients unless told otherwise
         self.last_validation_result: dict[str, float] = {}
 
     def _add_checkpointing_from_environment(self) -> None:
@@ -274,8 +275,10 @@ class BaseTrainer(AbstractTrainer):
                 break
             batch = self._to_device(batch)
             stepping = not self.is_accumulating_gradients
-            for model in self.named_models().values():
-                set_gradient_sync(model, stepping)
+            if stepping != self._gradient_sync:  # walking every module is not free: only on change
+                for model in self.named_models().values():
+                    set_gradient_sync(model, stepping)
+                self._gradient_sync = stepping
             self.callbacks.pre_train_step(batch, batch_idx)
             with self.world.train_context():
                 result = self.training_step(batch, batch_idx)
@@ -342,6 +345,8 @@ class BaseTrainer(AbstractTrainer):
 
     def _to_device(self, batch: Any) -> Any:
         device = self.device
+        if device.type == "cpu":
+            return batch  # loaders produce CPU tensors already
         return tree_map(lambda x: x.to(device, non_blocking=True)
                         if isinstance(x, torch.Tensor) else x, batch)
 
