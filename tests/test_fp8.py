@@ -52,15 +52,16 @@ def fp8_config(**kwargs) -> FP8Config:
                      training_parameters=base.training_parameters, callbacks=base.callbacks)
 
 
+FP8_GPU = torch.cuda.is_available() and fp8_supported(torch.device("cuda", 0))
+
+
+@pytest.mark.skipif(FP8_GPU, reason="this machine can train in FP8 (tested below instead)")
 def test_fp8_without_a_capable_gpu_is_a_clear_error() -> None:
-    if fp8_supported(torch.device("cuda")) if torch.cuda.is_available() else False:
-        pytest.skip("this machine can train in FP8")
     with pytest.raises(ConfigError, match="FP8Config.fp8=True: FP8 matmuls need a CUDA GPU"):
         FP8Trainer(fp8_config()).fit()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available()
-                    or not fp8_supported(torch.device("cuda", 0)),
+@pytest.mark.skipif(not FP8_GPU,
                     reason="FP8 training needs a CUDA GPU with compute capability >= 8.9")
 def test_fp8_training_learns_on_gpu() -> None:
     trainer = FP8Trainer(fp8_config(steps=20, device=DeviceParameters.SINGLE_DEVICE()))

@@ -101,3 +101,12 @@ def test_missing_parallel_hooks_are_clear_errors() -> None:
     trainer.configure()
     with pytest.raises(ConfigError, match="does not implement apply_tensor_parallel"):
         trainer.setup()
+
+
+def test_compiled_autograd_equals_eager(eager) -> None:
+    device = DeviceParameters.SINGLE_DEVICE(compile_model=True, enable_compiled_autograd=True)
+    got = run(toy_config(device, steps=3))
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(eager["losses"]),
+                               rtol=1e-4, atol=1e-5)
+    for name, value in eager["params"].items():
+        torch.testing.assert_close(got["params"][name], value, rtol=1e-3, atol=1e-4)
