@@ -22,7 +22,7 @@ MODEL_PARALLEL = ["tp", "tp_loss_parallel", "tp_pp", "pp_gpipe", "pp_1f1b",
                   "pp_interleaved_1f1b", "pp_interleaved_zb", "pp_zbv"]
 LAUNCHES = {
     2: ["fsdp", "ddp", "fsdp_accumulate", "ddp_accumulate", "fsdp_zero2", "fsdp_optimized",
-        "fsdp_bf16", "first_trainer"],
+        "fsdp_bf16", "cp_sharding", "first_trainer"],
     4: ["fsdp", "hsdp", "ddp", *MODEL_PARALLEL],
 }
 
@@ -126,3 +126,20 @@ def test_model_parallel_matches_single_process(results, reference_4_layers, scen
     if scenario != "pp_zbv":  # PyTorch cannot eval() a V-shaped schedule (see pipeline_step)
         assert got["val"]["val_loss"] == pytest.approx(reference_4_layers["val"]["val_loss"],
                                                        rel=1e-5)
+
+
+def test_context_parallel_shards_batch_and_rope_load_balanced(results) -> None:
+    """On CPU, context parallelism can shard but not train: check the sharding. The sequence is
+    cut into 2·cp chunks and rank r keeps chunks r and 2·cp-1-r, so each rank has as many early
+    (cheap) as late (expensive) causal positions. The batch stays sharded after the context; the
+    model's buffers are restored."""
+    got = results[2]["cp_sharding"]
+    tokens = torch.arange(2 * 16).reshape(2, 16)
+    rope = got["rope"]
+    chunk = 16 // 4
+    for shard in got["shards"]:
+        r = shard["rank"]
+        keep = [*range(r * chunk, (r + 1) * chunk), *range((3 - r) * chunk, (4 - r) * chunk)]
+        assert torch.equal(shard["tokens"], tokens[:, keep])
+        assert torch.equal(shard["rope"], rope[keep])
+    assert got["tokens_after"] == (2, 8) and got["rope_restored"]

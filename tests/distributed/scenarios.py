@@ -56,6 +56,26 @@ def optimize_fsdp() -> dict[str, Any]:
     return {**result, "order": [type(m).__name__ for m in callback.order]}
 
 
+def cp_sharding() -> dict[str, Any]:
+    """What CPU can do of context parallelism: the load-balanced sharding of a batch and of the
+    Llama's rotary tables (the buffers LlamaParallelMixin hands to ``context_parallel``)."""
+    from dream_trainer.models import Llama
+    from dream_trainer.parallel.context_parallel import context_parallel
+    from dream_trainer.world import DistributedWorld
+    from toy import llama_args
+
+    world = DistributedWorld(DeviceParameters(dp_shard=1, context_parallel=2))
+    model = Llama(llama_args(n_layers=1))
+    tokens = torch.arange(2 * 16).reshape(2, 16)
+    rope = model.rope_cos.clone()
+    with context_parallel(world.cp_mesh, [tokens, model.rope_cos], [1, 0], no_restore=[tokens]):
+        inside = {"tokens": tokens.clone(), "rope": model.rope_cos.clone()}
+    shards = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(shards, {"rank": world.cp_mesh.get_local_rank(), **inside})
+    return {"shards": shards, "tokens_after": tokens.shape,
+            "rope_restored": torch.equal(model.rope_cos, rope), "rope": rope}
+
+
 def accumulate(device: DeviceParameters) -> dict[str, Any]:
     probe = SyncProbe()
     result = run(toy_config(device, steps=2, batch=2, accumulation=4, callbacks=[probe]))
@@ -70,6 +90,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "fsdp_zero2": lambda: run(toy_config(DeviceParameters.FSDP(
         reshard_after_forward=False))),
     "fsdp_optimized": optimize_fsdp,
+    "cp_sharding": cp_sharding,
     "fsdp_bf16": lambda: run(toy_config(DeviceParameters.FSDP(param_dtype=torch.bfloat16))),
     "first_trainer": lambda: __import__("first_trainer").train(dp_shard=dist.get_world_size()),
 }
