@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+import torch.distributed.checkpoint.state_dict as dcp_sd
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
@@ -74,6 +75,9 @@ class CheckpointCallback(Callback[SetupMixin]):
 
     # ----------------------------------------------------------------- hooks
     def pre_fit(self) -> None:
+        # The SIGTERM flag is agreed on every step over a CPU (gloo) group: on GPUs a flag on
+        # the device would force a host sync per step.
+        self._flag_group = dist.new_group(backend="gloo")
         self._install_sigterm_handler()
         self._resume()
 
@@ -186,10 +190,10 @@ class CheckpointCallback(Callback[SetupMixin]):
         planner = DefaultLoadPlanner(allow_partial_load=not self.params.strict_load)
         dcp.load(state, storage_reader=checkpoint_reader(url), planner=planner)
         if self.params.model_weights_only:
+            models = trainer.named_models()
+            options = dcp_sd.StateDictOptions(strict=self.params.strict_load)
             for name, model_state in state["models"].items():
-                trainer.load_state_dict({"trainer": {"global_step": 0, "current_epoch": 0},
-                                         "models": {name: model_state}},
-                                        strict=self.params.strict_load)
+                dcp_sd.set_model_state_dict(models[name], model_state, options=options)
             return
         trainer.load_state_dict(state, strict=self.params.strict_load)
         step = trainer.global_step
@@ -227,10 +231,9 @@ class CheckpointCallback(Callback[SetupMixin]):
 
     def _preemption_requested(self) -> bool:
         """Whether any rank got SIGTERM (ranks may get it at different moments, so agree)."""
-        flag = torch.tensor([1.0 if self._sigterm_at is not None else 0.0],
-                            device=self.trainer.device)
+        flag = torch.tensor([1.0 if self._sigterm_at is not None else 0.0])
         if dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._flag_group)
         if flag.item() and self._sigterm_at is None:
             self._sigterm_at = time.monotonic()
         return bool(flag.item())
@@ -247,6 +250,3 @@ class CheckpointCallback(Callback[SetupMixin]):
         dist.barrier()
         raise SystemExit(PREEMPTED_EXIT_CODE)
 
-    # ----------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        return {}
