@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -41,3 +42,15 @@ def test_contract_and_operator_do_not_import_torch() -> None:
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "DREAM_CHECKPOINT_URI"
+
+
+def test_example_runs_as_a_plain_process() -> None:
+    """``python train.py``: distributed_launch runs it as a world of one (no torchrun)."""
+    done = subprocess.run(
+        [sys.executable, "examples/llama/train.py", "--max-steps", "4", "--log-every", "2",
+         "--val-every", "4", "--dim", "32", "--layers", "1", "--seq-len", "32"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world size 1" in done.stdout
+    assert re.search(r"done: 4 steps in .* \| final loss [\d.]+", done.stdout), done.stdout

@@ -55,9 +55,6 @@ class CheckpointStore:
                                self.url_of(name), err)
         return sorted(records, key=lambda r: r.step)
 
-    def is_committed(self, name: str) -> bool:
-        return self.fs.exists(self._path(name, COMMIT_FILE))
-
     def commit(self, name: str, record: CommitRecord) -> None:
         """Write the commit record: from now on the checkpoint exists."""
         self.fs.pipe_file(self._path(name, COMMIT_FILE),
