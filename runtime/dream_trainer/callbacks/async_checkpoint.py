@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future
+from typing import Any
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from dream_trainer.callbacks.checkpoint import CheckpointCallback
 from dream_trainer.checkpoint.writer import checkpoint_writer
@@ -27,25 +29,26 @@ class AsyncCheckpointCallback(CheckpointCallback):
         super().__init__(*args, **kwargs)
         self._pending: tuple[Future, str, str, float] | None = None
         self._group: dist.ProcessGroup | None = None
+        self._stager: Any = None
 
     def pre_fit(self) -> None:
         # Background collectives get their own gloo group so they never interleave with
         # training collectives on the default group.
         self._group = dist.new_group(backend="gloo")
+        if self.trainer.world.device.type == "cuda":
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            # One stager for the whole run: it keeps its pinned host buffers between saves.
+            self._stager = DefaultStager(StagingOptions(
+                use_pinned_memory=True, use_shared_memory=False, use_async_staging=False,
+                use_non_blocking_copy=True))
         super().pre_fit()
 
     def _write(self, name: str, reason: str) -> None:
         dist.barrier()  # every rank's RNG file is written before shards start
-        stager = None
-        if self.trainer.world.device.type == "cuda":
-            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-
-            stager = DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False,
-                                                  use_async_staging=False,
-                                                  use_non_blocking_copy=True))
         response = dcp.async_save(self._app_state(),
                                   storage_writer=checkpoint_writer(self.store.url_of(name)),
-                                  process_group=self._group, async_stager=stager)
+                                  process_group=self._group, async_stager=self._stager)
         future = getattr(response, "upload_completion", response)
         self._pending = (future, name, reason, time.perf_counter())
 
@@ -55,7 +58,7 @@ class AsyncCheckpointCallback(CheckpointCallback):
         self._pending = None
         try:
             future.result()
-        except Exception:
+        except (Exception, CheckpointException):  # DCP's error is a BaseException
             logger.exception("checkpoint %s failed; it stays uncommitted", self.store.url_of(name))
             return
         self._commit(name, reason)

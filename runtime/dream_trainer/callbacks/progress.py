@@ -66,7 +66,9 @@ class ProgressCallback(Callback):
     def post_train_step(self, result: dict[str, Any], batch_idx: int) -> None:
         loss = result.get("loss") if isinstance(result, dict) else None
         if isinstance(loss, torch.Tensor):
-            self._loss_sum = self._loss_sum + loss.detach().float().cpu()
+            # Summed on the loss's own device: a .cpu() here would sync the GPU every step.
+            value = loss.detach().float()
+            self._loss_sum = value if self._loss_count == 0 else self._loss_sum + value
             self._loss_count += 1
         if self.trainer.is_accumulating_gradients:
             return

@@ -47,6 +47,7 @@ class _MultipartUpload(io.RawIOBase):
         self._bucket, self._key, _ = fs.split_path(path)
         self._upload_id = fs.call_s3("create_multipart_upload", Bucket=self._bucket,
                                      Key=self._key)["UploadId"]
+        self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers)
         self._parts: list[Future] = []
         self._buffer = bytearray()
@@ -70,7 +71,7 @@ class _MultipartUpload(io.RawIOBase):
         # Back-pressure: at most two parts per worker in flight, so memory stays bounded by
         # about 2 x workers x part_bytes however fast serialisation produces bytes.
         pending = [part for part in self._parts if not part.done()]
-        if len(pending) >= 2 * self._pool._max_workers:
+        if len(pending) >= 2 * self._workers:
             pending[0].result()
         number = len(self._parts) + 1
         self._parts.append(self._pool.submit(
