@@ -2,6 +2,7 @@
 
 from dream_trainer.callbacks.callback import HOOKS, Callback, CallbackCollection, RankZeroCallback
 from dream_trainer.callbacks.progress import ProgressCallback
+from dream_trainer.callbacks.progress_server import ProgressServerCallback
 
 
 _LAZY = {
@@ -23,4 +24,4 @@ def __getattr__(name: str) -> object:
 
 __all__ = ["HOOKS", "AsyncCheckpointCallback", "Callback", "CallbackCollection",
            "CheckpointCallback", "ExportCallback", "OptimizeFSDP", "ProgressCallback",
-           "RankZeroCallback"]
+           "ProgressServerCallback", "RankZeroCallback"]

@@ -67,6 +67,8 @@ class CheckpointCallback(Callback[SetupMixin]):
         self.params = params or CheckpointParameters()
         self.store = CheckpointStore(self.params.root_dir)  # type: ignore[arg-type]
         self.resumed_from: CommitRecord | None = None
+        self.last_committed: str | None = None
+        """URL of the newest checkpoint this run committed (on rank 0), or resumed from."""
         self.last_saved_step = -1
         self._pending_rng: tuple[str, dict[str, Any]] | None = None
         self._sigterm_at: float | None = None
@@ -146,6 +148,7 @@ class CheckpointCallback(Callback[SetupMixin]):
                                   metrics=dict(trainer.last_validation_result),
                                   time=time.time(), reason=reason)
             self.store.commit(name, record)
+            self.last_committed = self.store.url_of(name)
             for old in to_delete(self.store.committed(), self.params.keep_top_k,
                                  self.params.monitor, self.params.mode):
                 logger.info("keep_top_k=%d: deleting %s", self.params.keep_top_k,
@@ -180,6 +183,7 @@ class CheckpointCallback(Callback[SetupMixin]):
                                "checkpoint", url, type(err).__name__, err)
                 continue
             logger.info("resumed from %s at step %d", url, self.trainer.global_step)
+            self.last_committed = url
             return
 
     def _load(self, url: str) -> None:

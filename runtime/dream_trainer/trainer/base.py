@@ -20,7 +20,7 @@ from torch.utils._pytree import tree_map
 from dream_trainer.callbacks.callback import CallbackCollection
 from dream_trainer.configs import ConfigError, DeviceParameters, TrainingParameters
 from dream_trainer.configs.errors import require_int
-from dream_trainer.contract import CHECKPOINT_URI
+from dream_trainer.contract import CHECKPOINT_URI, PROGRESS_PORT
 from dream_trainer.parallel import clip_grad_norm_, set_gradient_sync
 from dream_trainer.parallel.compile import compiled_autograd
 from dream_trainer.trainer.abstract import AbstractTrainer
@@ -82,6 +82,7 @@ class BaseTrainer(AbstractTrainer):
         config.training_parameters.check_divisible(self.world.dp_size)
         self.callbacks = config.callbacks
         self._add_checkpointing_from_environment()
+        self._add_progress_server_from_environment()
         self.callbacks.initialize(self)
         self.global_step = 0
         self.current_epoch = 0
@@ -104,6 +105,15 @@ class BaseTrainer(AbstractTrainer):
         if not any(isinstance(c, CheckpointCallback) for c in self.callbacks.values()):
             self.callbacks.add(CheckpointCallback())
             logger.info("checkpointing to $%s=%s", CHECKPOINT_URI, os.environ[CHECKPOINT_URI])
+
+    def _add_progress_server_from_environment(self) -> None:
+        """Under the operator (``DREAM_PROGRESS_PORT`` set) rank 0 serves its progress over
+        HTTP: add a ProgressServerCallback if the config has none."""
+        from dream_trainer.callbacks.progress_server import ProgressServerCallback
+
+        if os.environ.get(PROGRESS_PORT) and not any(
+                isinstance(c, ProgressServerCallback) for c in self.callbacks.values()):
+            self.callbacks.add(ProgressServerCallback())
 
     # ------------------------------------------------------------------ user hooks
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
