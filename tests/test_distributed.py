@@ -22,7 +22,7 @@ MODEL_PARALLEL = ["tp", "tp_loss_parallel", "tp_pp", "pp_gpipe", "pp_1f1b",
                   "pp_interleaved_1f1b", "pp_interleaved_zb", "pp_zbv"]
 LAUNCHES = {
     2: ["fsdp", "ddp", "fsdp_accumulate", "ddp_accumulate", "fsdp_zero2", "fsdp_optimized",
-        "fsdp_bf16", "cp_sharding", "first_trainer"],
+        "fsdp_bf16", "cp_sharding", "first_trainer", "progress_server"],
     4: ["fsdp", "hsdp", "ddp", *MODEL_PARALLEL],
 }
 
@@ -109,6 +109,16 @@ def test_seed_first_trainer_learns_under_fsdp(results) -> None:
     assert got["global_step"] == 2 * 256 // 16
     assert losses[-1] < 0.5 * losses[0], losses
     assert got["val"]["val_loss"] < losses[0]
+
+
+def test_only_rank_zero_serves_progress(results, reference) -> None:
+    got = results[2]["progress_server"]
+    assert got["ports"][0] is not None and got["ports"][1] is None
+    assert [p["step"] for p in got["fetched"]] == [1, 2, 3, 4]  # rank 0, over HTTP
+    zero, one = got["snapshots"]
+    assert zero["step"] == 4 and zero["phase"] == "finished" and zero["loss"] is not None
+    assert one == {"last_checkpoint": None}  # no hook ran on rank 1
+    assert_same_training(got, reference)  # serving changes nothing in the training
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,36 @@ def accumulate(device: DeviceParameters) -> dict[str, Any]:
     result = run(toy_config(device, steps=2, batch=2, accumulation=4, callbacks=[probe]))
     return {**result, "synced": probe.synced}
 
+
+def progress_server() -> dict[str, Any]:
+    """Only global rank 0 serves progress; rank 0 reads its endpoint over HTTP while training."""
+    import json
+    import urllib.request
+
+    from dream_trainer.callbacks import ProgressServerCallback
+
+    server = ProgressServerCallback(port=0, every_n_steps=2)
+    fetched: list[dict[str, Any]] = []
+
+    class Fetch(Callback):
+        def post_train_step(self, result: dict[str, Any], batch_idx: int) -> None:
+            if server.port is not None:
+                url = f"http://127.0.0.1:{server.port}/progress"
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    fetched.append(json.loads(response.read()))
+
+    ports: list[int | None] = [None] * dist.get_world_size()
+
+    class Ports(Callback):
+        def pre_fit(self) -> None:
+            dist.all_gather_object(ports, server.port)
+
+    result = run(toy_config(DeviceParameters.FSDP(), callbacks=[server, Ports(), Fetch()]))
+    snapshots: list[dict[str, Any]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(snapshots, server.snapshot())
+    return {**result, "ports": ports, "fetched": fetched, "snapshots": snapshots}
+
+
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "fsdp": lambda: run(toy_config(DeviceParameters.FSDP())),
     "hsdp": lambda: run(toy_config(DeviceParameters.HSDP(dp_shard=2))),
@@ -93,6 +123,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "cp_sharding": cp_sharding,
     "fsdp_bf16": lambda: run(toy_config(DeviceParameters.FSDP(param_dtype=torch.bfloat16))),
     "first_trainer": lambda: __import__("first_trainer").train(dp_shard=dist.get_world_size()),
+    "progress_server": progress_server,
 }
 
 
