@@ -307,8 +307,11 @@ def _run_group(decision: Decision, job: api.DreamTrainJob, current: list[PodView
     nodes = spec.nodes
     succeeded = [v for v in current if v.phase == "Succeeded"]
     active = [v for v in current if not v.finished and not v.terminating]
-    if succeeded and not active and len(succeeded) >= nodes.min_nodes:
+    # Training is over once enough workers succeeded and none still runs (an elastic job's
+    # unscheduled extra pod does not hold it up).
+    if len(succeeded) >= nodes.min_nodes and not any(v.phase == "Running" for v in active):
         _succeed(decision, now)
+        _finished(job.model_dump(by_alias=True), current, now, decision)
         return
 
     starts_at = status.group_start_time
@@ -337,7 +340,7 @@ def _run_group(decision: Decision, job: api.DreamTrainJob, current: list[PodView
             if any(c.type == C.RESTARTING and c.status == "True" for c in status.conditions):
                 status = _cond(status, C.RESTARTING, False, Reason.ALL_NODES_RUNNING, text, now)
         status = _with(status, phase=Phase.RUNNING, message=None)
-    else:
+    elif not succeeded:  # while workers finish one by one the phase stays what it was
         status = _with(status, phase=Phase.RESTARTING if status.restarts else Phase.PENDING)
     decision.status = status
 
