@@ -270,6 +270,7 @@ class SimCluster:
         self._next_node += 1
         # Binding goes through pods/binding semantics (once only), like the real scheduler.
         self.store.bind(meta["namespace"], meta["name"], target)
+        pod["spec"]["nodeName"] = target  # later pods of this pass must see the room it takes
         self.store.patch("pods", meta["namespace"], meta["name"], {"status": {"conditions": [_condition("PodScheduled", "True")]}},
                          subresource="status")
 

@@ -328,3 +328,56 @@ def pod_update_errors(old: dict[str, Any], new: dict[str, Any]) -> list[FieldErr
                       "`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` "
                       "(only additions to existing tolerations),`spec.terminationGracePeriodSeconds` "
                       "(allow it to be set to 1 if it was previously negative)")]
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def _go_type(value: Any) -> str:
+    """How encoding/json names a JSON value it cannot unmarshal."""
+    return {bool: "bool", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(type(value), "null")
+
+
+def decode_problem(rtype: ResourceType, obj: dict[str, Any]) -> str | None:
+    """The typed decoder's complaint about a body of the wrong shape (a 400), if any.
+
+    Catches what bites people in practice: ``labels: {version: 1}`` (numbers are not strings),
+    a ``spec`` that is not an object, containers that are not a list of objects.
+    """
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        return f"json: cannot unmarshal {_go_type(meta)} into Go struct field {rtype.kind}.metadata of type v1.ObjectMeta"
+    for key in ("labels", "annotations"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return f"json: cannot unmarshal {_go_type(value)} into Go struct field ObjectMeta.metadata.{key} of type map[string]string"
+        for item in value.values():
+            if not isinstance(item, str):
+                return f"json: cannot unmarshal {_go_type(item)} into Go struct field ObjectMeta.metadata.{key} of type string"
+    for key, element in (("finalizers", str), ("ownerReferences", dict)):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(i, element) for i in value)):
+            return f"json: cannot unmarshal {_go_type(value)} into Go struct field ObjectMeta.metadata.{key}"
+    for key in ("name", "namespace", "generateName", "resourceVersion", "uid"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            return f"json: cannot unmarshal {_go_type(meta[key])} into Go struct field ObjectMeta.metadata.{key} of type string"
+    if rtype.crd:
+        return None
+    for key in ("spec", "status"):
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            return f"json: cannot unmarshal {_go_type(obj[key])} into Go struct field {rtype.kind}.{key}"
+    if rtype.key == "pods":
+        spec = obj.get("spec") or {}
+        for key in ("containers", "initContainers"):
+            value = spec.get(key)
+            if value is not None and (not isinstance(value, list) or not all(isinstance(i, dict) for i in value)):
+                return f"json: cannot unmarshal {_go_type(value)} into Go struct field PodSpec.spec.{key} of type []v1.Container"
+    if rtype.key in ("configmaps", "secrets"):
+        for key in ("data", "stringData"):
+            value = obj.get(key)
+            if value is not None and (not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values())):
+                return f"json: cannot unmarshal {_go_type(value)} into Go struct field {rtype.kind}.{key} of type map[string]string"
+    return None

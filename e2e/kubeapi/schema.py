@@ -22,6 +22,7 @@ from celpy import celtypes
 from .errors import FieldError, invalid, required
 
 _MISSING = object()
+_BLOCKING = ("TypeInvalid", "NotSupported")  # errors that stop CEL rules from running (hasBlockingErr)
 
 OBJECT_META_FIELDS = {
     "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
@@ -151,10 +152,10 @@ def validate(schema: dict[str, Any], obj: dict[str, Any], old: dict[str, Any] | 
     root_schema["properties"] = {k: v for k, v in (schema.get("properties") or {}).items() if k not in ("apiVersion", "kind", "metadata")}
     root_schema["required"] = [r for r in schema.get("required") or [] if r not in ("apiVersion", "kind", "metadata")]
     _validate(root_schema, body, "", old_body, errors, rules, top=True)
-    if any(e.kind == "TypeInvalid" for e in errors):
+    if any(e.kind in _BLOCKING for e in errors):
         if rules:
             # What the real server says instead of running CEL on an ill-typed object.
-            errors.append(FieldError("Invalid", "<nil>", "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation", None))
+            errors.append(FieldError("Invalid", "<nil>", "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation", "null"))
         return errors
     for node_schema, value, path, old_value in rules:
         errors.extend(_run_rules(node_schema, value, path, old_value))
@@ -378,7 +379,7 @@ def validate_value(schema: dict[str, Any], value: Any) -> list[FieldError]:
     errors: list[FieldError] = []
     rules: list = []
     _validate(schema, value, "", _MISSING, errors, rules, top=True)
-    if not any(e.kind == "TypeInvalid" for e in errors):
+    if not any(e.kind in _BLOCKING for e in errors):
         for node_schema, node_value, node_path, node_old in rules:
             errors.extend(_run_rules(node_schema, node_value, node_path, node_old))
     return errors

@@ -13,6 +13,7 @@ event may hand its object to many watchers; everything returned to callers is a 
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime as dt
 import logging
@@ -27,8 +28,8 @@ from typing import Any, Callable, Iterator
 from . import errors as err
 from .errors import APIError, FieldError
 from .patch import MERGE_KEYS, json_patch, merge_patch, schema_list_keys, strategic_merge
-from .resources import (ResourceType, builtin_types, crd_type, default_pod, metadata_errors, pod_errors,
-                        pod_update_errors, validate_crd)
+from .resources import (ResourceType, builtin_types, crd_type, decode_problem, default_pod, metadata_errors,
+                        pod_errors, pod_update_errors, validate_crd)
 from .schema import OBJECT_META_FIELDS, apply_defaults, prune, validate
 from .selectors import make_filter
 
@@ -225,12 +226,13 @@ class Store:
             if not name and meta.get("generateName"):
                 name = self._generate_name(rtype, namespace, meta["generateName"])
             meta["name"] = name
-            self._prepare_create(rtype, obj)
-            problems = self._schema_pass(rtype, obj, None, version, field_validation, warnings)
-            if not name:
-                problems = [err.required("metadata.name", "name or generateName is required")]
-            else:
-                problems += metadata_errors(obj, rtype) + self._type_errors(rtype, obj)
+            with _typed(rtype, version):
+                self._prepare_create(rtype, obj)
+                problems = self._schema_pass(rtype, obj, None, version, field_validation, warnings)
+                if not name:
+                    problems = [err.required("metadata.name", "name or generateName is required")]
+                else:
+                    problems += metadata_errors(obj, rtype) + self._type_errors(rtype, obj)
             if problems:
                 raise err.invalid_object(rtype.kind, rtype.group, name, problems)
             self._admit(rtype, obj)
@@ -279,8 +281,11 @@ class Store:
             current = self._objects[rtype.key].get((self._ns(rtype, namespace), name))
             if current is None:
                 if kind == "apply" and subresource is None:
-                    body = dict(body or {})
-                    body.setdefault("metadata", {}).setdefault("name", name)
+                    if not isinstance(body, dict):
+                        raise err.bad_request("an apply patch must be an object")
+                    body = copy.deepcopy(body)
+                    if isinstance(body.setdefault("metadata", {}), dict):
+                        body["metadata"].setdefault("name", name)
                     return self.create(resource, body, namespace, version=version, field_validation=field_validation,
                                        dry_run=dry_run, warnings=warnings)
                 raise err.not_found(rtype.plural, rtype.group, name)
@@ -387,8 +392,14 @@ class Store:
             raise err.bad_request(f'{kind} in version "{api_version}" cannot be handled as a {rtype.kind}: the kind in the data does not match')
         if api_version and api_version not in {rtype.api_version(v) for v in rtype.versions}:
             raise err.bad_request(f"the API version in the data ({api_version}) does not match the expected API version ({rtype.api_version(version)})")
-        if not isinstance(obj.get("metadata"), dict):
-            obj["metadata"] = {}
+        obj.setdefault("metadata", {})
+        problem = decode_problem(rtype, obj)
+        if problem:
+            shown = (api_version or rtype.api_version(version)).rpartition("/")[2]
+            raise err.bad_request(f'{rtype.kind} in version "{shown}" cannot be handled as a {rtype.kind}: {problem}')
+        for key in ("spec", "status"):
+            if key in obj and obj[key] is None:
+                del obj[key]  # JSON null decodes to the zero value
         obj["kind"] = rtype.kind
         return obj
 
@@ -557,15 +568,16 @@ class Store:
             if added:
                 shown = "[]string{" + ", ".join(f'"{f}"' for f in added) + "}"
                 problems.append(err.forbidden("metadata.finalizers", f"no new finalizers can be added if the object is being deleted, found new finalizers {shown}"))
-        if rtype.key == "pods" and subresource is None:
-            problems += pod_update_errors(current, new)
-        if rtype.key == CRD_KEY:
-            for field in ("group", "scope"):
-                if (new.get("spec") or {}).get(field) != (current.get("spec") or {}).get(field):
-                    problems.append(invalid_immutable(f"spec.{field}", (new.get("spec") or {}).get(field)))
-            new["status"] = self._crd_status(new, current)
-        problems += self._schema_pass(rtype, new, current, version, field_validation, warnings)
-        problems += metadata_errors(new, rtype) + self._type_errors(rtype, new)
+        with _typed(rtype, version):
+            if rtype.key == "pods" and subresource is None:
+                problems += pod_update_errors(current, new)
+            if rtype.key == CRD_KEY:
+                for field in ("group", "scope"):
+                    if (new.get("spec") or {}).get(field) != (current.get("spec") or {}).get(field):
+                        problems.append(invalid_immutable(f"spec.{field}", (new.get("spec") or {}).get(field)))
+                new["status"] = self._crd_status(new, current)
+            problems += self._schema_pass(rtype, new, current, version, field_validation, warnings)
+            problems += metadata_errors(new, rtype) + self._type_errors(rtype, new)
         if problems:
             raise err.invalid_object(rtype.kind, rtype.group, old_meta["name"], problems)
         if "generation" in old_meta and _without(new, rtype) != _without(current, rtype):
@@ -757,6 +769,22 @@ class Store:
                 log.exception("watch subscriber failed")
         self._changed.notify_all()
         return new
+
+
+@contextlib.contextmanager
+def _typed(rtype: ResourceType, version: str) -> Iterator[None]:
+    """Built-in objects are typed: a field of the wrong JSON type is a decode error (400).
+
+    The checks here read fields assuming their Go types; where a body breaks that assumption
+    the real server's decoder would already have refused it, so answer the same way.
+    """
+    try:
+        yield
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        if rtype.crd:
+            raise  # custom resources are validated by their schema: this would be an emulator bug
+        raise err.bad_request(f'{rtype.kind} in version "{version}" cannot be handled as a {rtype.kind}: '
+                              f"json: cannot unmarshal a field of the wrong type ({type(exc).__name__}: {exc})") from None
 
 
 def _without(obj: dict[str, Any], rtype: ResourceType) -> dict[str, Any]:
