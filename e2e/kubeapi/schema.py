@@ -158,8 +158,18 @@ def validate(schema: dict[str, Any], obj: dict[str, Any], old: dict[str, Any] | 
             errors.append(FieldError("Invalid", "<nil>", "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation", "null"))
         return errors
     for node_schema, value, path, old_value in rules:
+        if node_schema is root_schema:
+            # Root rules see apiVersion, kind and metadata.name/generateName (and nothing else of metadata).
+            value = _with_identity(value, obj)
+            old_value = _MISSING if old is None else _with_identity(old_value, old)
         errors.extend(_run_rules(node_schema, value, path, old_value))
     return errors
+
+
+def _with_identity(body: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    visible = {k: meta[k] for k in ("name", "generateName") if k in meta}
+    return {**body, "apiVersion": obj.get("apiVersion", ""), "kind": obj.get("kind", ""), "metadata": visible}
 
 
 def _type_error(path: str, value: Any, wanted: str) -> FieldError:
@@ -221,6 +231,18 @@ def _check_string(schema: dict[str, Any], value: str, path: str, where: str, err
     pattern = schema.get("pattern")
     if pattern and not re.search(pattern, value):
         errors.append(invalid(path, value, f"{where} in body should match '{pattern}'"))
+    fmt = schema.get("format")
+    if fmt in _FORMATS and not _FORMATS[fmt].match(value):
+        errors.append(invalid(path, value, f'{where} in body must be of type {fmt}: "{value}"'))
+
+
+# The string formats whose violations people actually hit; go-openapi's parsers are permissive
+# (date-time accepts a space separator, no seconds, or no zone), and so are these patterns.
+_FORMATS = {
+    "date-time": re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|z|[+-]\d{2}:?\d{2})?$"),
+    "date": re.compile(r"^\d{4}-\d{2}-\d{2}$"),
+    "uuid": re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"),
+}
 
 
 def _check_array(schema: dict[str, Any], value: list, path: str, where: str, old: Any, errors: list[FieldError], rules: list) -> None:
