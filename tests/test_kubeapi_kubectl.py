@@ -162,3 +162,17 @@ def test_kubectl_applies_the_project_crd(api: KubeAPI, kubectl: Kubectl) -> None
     assert rejected.returncode != 0 and "metadata.name must be at most 56 characters" in rejected.stderr
     kubectl("delete", "dreamtrainjobs", "job-1")
     assert api.store.try_get("dtj", "default", "job-1") is None
+
+
+def test_kubectl_typed_create_commands_and_namespaces(api: KubeAPI, kubectl: Kubectl) -> None:
+    """kubectl create <kind> posts protobuf; namespaces tear down their content on delete."""
+    kubectl("create", "namespace", "team")
+    kubectl("-n", "team", "create", "configmap", "cm", "--from-literal=a=b")
+    kubectl("-n", "team", "create", "secret", "generic", "creds", "--from-literal=key=s3cret")
+    kubectl("-n", "team", "create", "serviceaccount", "robot")
+    assert api.store.get("configmaps", "team", "cm")["data"] == {"a": "b"}
+    assert api.store.get("secrets", "team", "creds")["data"] == {"key": "czNjcmV0"}
+    assert api.store.get("serviceaccounts", "team", "robot")
+    kubectl("delete", "namespace", "team")
+    assert api.store.try_get("namespaces", None, "team") is None
+    assert api.store.list("configmaps", "team") == []

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery
+from . import discovery, protobuf
 from . import errors as err
 from .errors import APIError
 from .resources import ResourceType
@@ -469,6 +469,13 @@ async def _body(request: web.Request) -> Any:
     if not raw.strip():
         raise err.bad_request("the request body is empty")
     content_type = request.headers.get("Content-Type", "")
+    if "protobuf" in content_type:
+        try:
+            return protobuf.decode(raw)
+        except (protobuf.ProtobufError, UnicodeDecodeError) as exc:
+            raise APIError(415, "UnsupportedMediaType", f"cannot decode the protobuf body: {exc}") from None
+    if "cbor" in content_type:
+        raise err.unsupported_media(content_type)
     try:
         if "yaml" in content_type:
             return yaml.safe_load(raw)
