@@ -383,3 +383,12 @@ def test_phase_stays_running_while_workers_finish():
     body, pods = running_job()
     d = decide(body, [pod("llama", 0, 0, phase="Succeeded"), pods[1]])
     assert d.status.phase == Phase.RUNNING
+
+
+def test_force_deletion_counts_from_the_request_not_the_grace_period():
+    body, pods = running_job()
+    restarted = with_status(body, decide(body, pods, [node("n0")]).status)
+    stuck = pod("llama", 0, 1, node="n1", deleting_at=T0 + timedelta(seconds=120))
+    stuck["metadata"]["deletionGracePeriodSeconds"] = 120  # requested at T0, 120 s grace
+    assert deletes(decide(restarted, [stuck], [node("n0")], now=T0 + timedelta(seconds=29))) == {}
+    assert deletes(decide(restarted, [stuck], [node("n0")], now=T0 + timedelta(seconds=30))) == {"llama-g0-1": 0}

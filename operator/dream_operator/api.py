@@ -9,9 +9,10 @@ manifest that slips past an older CRD still ends ``Failed`` with a message namin
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -26,6 +27,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 MAX_JOB_NAME_LENGTH = 56
 """Pod hostnames are ``<job>-<node rank>`` and must fit the 63-character DNS label limit."""
+
+M = TypeVar("M", bound=BaseModel)
 
 _PRESERVE = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 """Schema of a field holding a Kubernetes object this API passes through unchanged (affinity,
@@ -318,6 +321,12 @@ class DreamTrainJob(BaseModel):
     metadata: Metadata
     spec: DreamTrainJobSpec
     status: DreamTrainJobStatus = DreamTrainJobStatus()
+
+
+def parse(model: type[M], obj: Any) -> M:
+    """Validate a decoded manifest the way the API server types JSON: strictly (``false`` is no
+    integer, ``"2"`` is no count) but with enums and timestamps given as strings."""
+    return model.model_validate_json(json.dumps(obj), strict=True)
 
 
 def describe_validation_error(error: ValidationError, root: str = "") -> str:

@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 from . import metrics
 from .api import Phase
 from .group import LABEL_JOB
-from .kube import CONFLICT, Kube
+from .kube import CONFLICT, NOT_FOUND, Kube
 from .observe import pod_view
 from .reconcile import (CreatePod, CreateService, Decision, DeleteJob, DeletePod, Settings,
                         parse_status, reconcile, with_progress)
@@ -38,6 +38,7 @@ class ControllerSettings(Settings):
     """Every job is reconciled at least this often, whatever the events say."""
     progress_interval_seconds: float = 15.0
     retry_seconds: float = 2.0
+    expectation_seconds: float = 30.0
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -71,6 +72,10 @@ class Controller:
         self._dirty: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._last_progress: dict[Key, float] = {}
+        self._expected: dict[tuple[str, str], float] = {}
+        """Pods this replica created and has not yet seen in the index (namespace, name) ->
+        monotonic time: the index lags behind our own writes, and recreating them only costs
+        rejected requests. An expectation not met within ``expectation_seconds`` is dropped."""
         self._http: aiohttp.ClientSession | None = None
 
     # --- queue ---------------------------------------------------------------------------------
@@ -145,7 +150,10 @@ class Controller:
             self.forget(key)
             return
         now = datetime.now(UTC)
-        decision = reconcile(job, list(self._pods(key)), list(self._nodes()), now, self.settings)
+        pods = list(self._pods(key))
+        for pod in pods:
+            self._expected.pop((namespace, pod["metadata"]["name"]), None)
+        decision = reconcile(job, pods, list(self._nodes()), now, self.settings)
         if decision.status.phase == Phase.RUNNING:
             await self._read_progress(key, job, decision, now)
 
@@ -155,6 +163,9 @@ class Controller:
             try:
                 await self.kube.patch_job_status(job, merge_patch(old, new))
             except ApiException as error:
+                if error.status == NOT_FOUND:
+                    self.forget(key)  # deleted while we decided
+                    return
                 if error.status != CONFLICT:
                     raise
                 # Our view was stale (or another writer won): decide again on a fresh read.
@@ -177,7 +188,12 @@ class Controller:
 
     async def _apply(self, namespace: str, job: dict[str, Any], action: Any) -> None:
         if isinstance(action, CreatePod):
+            pod = (namespace, action.manifest["metadata"]["name"])
+            since = self._expected.get(pod)
+            if since is not None and time.monotonic() - since < self.settings.expectation_seconds:
+                return
             await self.kube.create_pod(namespace, action.manifest)
+            self._expected[pod] = time.monotonic()
             metrics.PODS_CREATED.inc()
         elif isinstance(action, CreateService):
             await self.kube.create_service(namespace, action.manifest)

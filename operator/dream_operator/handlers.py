@@ -48,36 +48,55 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """A registry with all handlers of one operator instance."""
     registry = kopf.OperatorRegistry()
     state: dict[str, Any] = {}
+    indexes: dict[str, kopf.Index] = {}
     node_ready: dict[str, bool] = {}
+
+    def keep(kwargs: dict[str, Any]) -> None:
+        for name in ("dream_pods", "dream_nodes", "dream_jobs"):
+            indexes.setdefault(name, kwargs[name])
 
     def controller() -> Controller | None:
         return state.get("controller")
 
-    @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
+    @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, id="dream_pods", registry=registry)
     def dream_pods(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> Any:
         return {(namespace, labels[LABEL_JOB]): _plain(body)}
 
-    @kopf.index("nodes", registry=registry)
+    @kopf.index("nodes", id="dream_nodes", registry=registry)
     def dream_nodes(name: str, body: kopf.Body, **_: Any) -> Any:
         return {name: {"metadata": {"name": name}, "status": dict(body.status)}}
 
-    @kopf.index(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
+    @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id="dream_jobs", registry=registry)
     def dream_jobs(namespace: str, name: str, **_: Any) -> Any:
         return {(namespace, name): True}
 
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        """The same credentials as the controller's client (in-cluster, else the kubeconfig)."""
+        c = load_client(config.kubeconfig).configuration
+        scheme, _, token = (c.api_key.get("authorization") or "").partition(" ")
+        return kopf.ConnectionInfo(
+            server=c.host, ca_path=c.ssl_ca_cert, insecure=not c.verify_ssl,
+            scheme=scheme or None, token=token or None,
+            certificate_path=c.cert_file, private_key_path=c.key_file)
+
     @kopf.on.startup(registry=registry)
-    async def start(settings: kopf.OperatorSettings, dream_pods: kopf.Index,
-                    dream_nodes: kopf.Index, dream_jobs: kopf.Index, **_: Any) -> None:
+    async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.level = logging.WARNING  # our own Events say what happens, not kopf's logs
         settings.watching.server_timeout = 300
         kube = Kube(load_client(config.kubeconfig))
         election = LeaderElection(kube, config.lease_namespace, config.lease_name, config.identity,
                                   config.lease_duration_seconds, config.lease_renew_seconds)
+        # kopf hands indexes to resource handlers only; the first event handler stores them
+        # here, and kopf runs no handler before every index is fully populated.
+        def index(name: str) -> Any:
+            return indexes.get(name) or {}
+
         ctl = Controller(
             kube, config.settings,
-            pods=lambda key: list(dream_pods.get(key, [])),
-            nodes=lambda: [n for store in dream_nodes.values() for n in store],
-            jobs=lambda: list(dream_jobs.keys()),
+            pods=lambda key: list(index("dream_pods").get(key, [])),
+            nodes=lambda: [n for store in index("dream_nodes").values() for n in store],
+            jobs=lambda: list(index("dream_jobs").keys()),
             leading=election.leading,
         )
         state.update(controller=ctl, kube=kube)
@@ -89,7 +108,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             while True:
                 await election.leading.wait()
                 metrics.LEADING.set(1)
-                for key in list(dream_jobs.keys()):  # a new leader looks at everything once
+                for key in list(index("dream_jobs").keys()):  # a new leader looks at everything
                     ctl.enqueue(key)
                 while election.leading.is_set():
                     await asyncio.sleep(0.5)
@@ -104,7 +123,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         await asyncio.gather(*state.get("tasks", []), return_exceptions=True)
 
     @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
-    def job_event(type: str, namespace: str, name: str, **_: Any) -> None:
+    def job_event(type: str, namespace: str, name: str, **kwargs: Any) -> None:
+        keep(kwargs)
         ctl = controller()
         if ctl is None:
             return
@@ -114,14 +134,16 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             ctl.enqueue((namespace, name))
 
     @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
-    def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
+    def pod_event(namespace: str, labels: dict[str, str], **kwargs: Any) -> None:
+        keep(kwargs)
         ctl = controller()
         if ctl is not None:
             ctl.enqueue((namespace, labels[LABEL_JOB]))
 
     @kopf.on.event("nodes", registry=registry)
     def node_event(type: str, name: str, status: dict[str, Any], dream_pods: kopf.Index,
-                   **_: Any) -> None:
+                   **kwargs: Any) -> None:
+        keep({"dream_pods": dream_pods, **kwargs})
         ready = type != "DELETED" and any(
             c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
         if node_ready.get(name) == ready:
@@ -148,8 +170,6 @@ async def run_operator(config: OperatorConfig, *, namespaces: list[str] | None =
                        ready_flag: Any = None) -> None:
     """Run the operator until ``stop_flag`` is set (or forever)."""
     registry = build_registry(config)
-    if config.kubeconfig:
-        os.environ.setdefault("KUBECONFIG", config.kubeconfig)
     await kopf.operator(
         registry=registry, settings=kopf_settings(), standalone=True,
         clusterwide=not namespaces, namespaces=namespaces or (),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .group import CONTAINER, LABEL_GENERATION, LABEL_RANK
@@ -24,6 +24,8 @@ class PodView:
     node_name: str | None
     deletion_time: datetime | None
     """metadata.deletionTimestamp: when the pod should be gone (deletion time + grace)."""
+    deletion_grace: int
+    """metadata.deletionGracePeriodSeconds."""
     ready: bool
     pod_ip: str | None
     reason: str | None
@@ -35,6 +37,13 @@ class PodView:
     @property
     def terminating(self) -> bool:
         return self.deletion_time is not None
+
+    @property
+    def deletion_requested(self) -> datetime | None:
+        """When deletion was asked for."""
+        if self.deletion_time is None:
+            return None
+        return self.deletion_time - timedelta(seconds=self.deletion_grace)
 
     @property
     def finished(self) -> bool:
@@ -65,6 +74,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         phase=status.get("phase") or "Pending",
         node_name=(pod.get("spec") or {}).get("nodeName"),
         deletion_time=parse_time(meta.get("deletionTimestamp")),
+        deletion_grace=int(meta.get("deletionGracePeriodSeconds") or 0),
         ready=ready,
         pod_ip=status.get("podIP"),
         reason=status.get("reason"),

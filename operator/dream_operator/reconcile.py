@@ -35,8 +35,8 @@ class Settings(GroupSettings):
     """How long a node may be NotReady before its pods count as lost (the node controller
     already waits ~40 s before marking a node NotReady)."""
     force_delete_after_seconds: float = 30.0
-    """How long past its deletion deadline a pod on a lost node may stay Terminating before it is
-    force-deleted (its kubelet cannot confirm; the group cannot restart while it exists)."""
+    """How long after its deletion was requested a pod on a lost node may stay Terminating before
+    it is force-deleted (its kubelet cannot confirm; the group cannot restart while it exists)."""
 
 
 # --- actions ----------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def reconcile(job: dict[str, Any], pods: list[dict[str, Any]], nodes: list[dict[
 
 def _parse(job: dict[str, Any]) -> tuple[api.DreamTrainJob | None, str]:
     try:
-        parsed = api.DreamTrainJob.model_validate({**job, "status": {}})
+        parsed = api.parse(api.DreamTrainJob, {**job, "status": {}})
     except ValidationError as error:
         return None, api.describe_validation_error(error)
     problems = reserved_env_problems(parsed)
@@ -252,7 +252,8 @@ def _delete_pods(decision: Decision, views: list[PodView], nodes: dict[str, Node
             (n := nodes.get(view.node_name)) is not None and n.ready)
         if not on_lost_node:
             continue  # its kubelet is finishing it
-        force_at = view.deletion_time + timedelta(seconds=settings.force_delete_after_seconds)  # type: ignore[operator]
+        # Its kubelet will never run the grace period: force it a fixed time after the request.
+        force_at = view.deletion_requested + timedelta(seconds=settings.force_delete_after_seconds)  # type: ignore[operator]
         if force_at <= now:
             decision.actions.append(DeletePod(view.name, grace_seconds=0))
         else:
