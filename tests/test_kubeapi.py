@@ -592,6 +592,25 @@ def test_http_watch_gone_and_bookmarks(api: KubeAPI, tmp_path) -> None:
     assert int(bookmark["object"]["metadata"]["resourceVersion"]) >= int(events[0]["object"]["metadata"]["resourceVersion"])
 
 
+def test_http_watch_selection_and_pagination(api: KubeAPI) -> None:
+    base = f"{api.url}/api/v1/namespaces/default/configmaps"
+    for i in range(5):
+        api.store.create("configmaps", {"metadata": {"name": f"c{i}", "labels": {"team": "a"}}}, "default")
+    since = api.store.resource_version
+    api.store.patch("configmaps", "default", "c1", {"metadata": {"labels": {"team": "b"}}})  # leaves team=a
+    api.store.patch("configmaps", "default", "c1", {"metadata": {"labels": {"team": "a"}}})  # comes back
+    api.store.patch("configmaps", "default", "c2", {"metadata": {"labels": {"team": "c"}}})
+    lines = requests.get(base, params={"watch": "1", "resourceVersion": since, "labelSelector": "team=a",
+                                       "timeoutSeconds": "1"}, timeout=5).text.splitlines()
+    seen = [(e["type"], e["object"]["metadata"]["name"], e["object"]["metadata"]["labels"]["team"]) for e in map(json.loads, lines)]
+    assert seen == [("DELETED", "c1", "a"), ("ADDED", "c1", "a"), ("DELETED", "c2", "a")]
+    first = requests.get(base, params={"limit": "2"}).json()
+    assert [i["metadata"]["name"] for i in first["items"]] == ["c0", "c1"] and first["metadata"]["remainingItemCount"] == 3
+    rest = requests.get(base, params={"limit": "10", "continue": first["metadata"]["continue"]}).json()
+    assert [i["metadata"]["name"] for i in rest["items"]] == ["c2", "c3", "c4"] and "continue" not in rest["metadata"]
+    assert requests.get(base, params={"limit": "x"}).status_code == 400
+
+
 def test_http_errors_never_break_the_server(api: KubeAPI) -> None:
     base = f"{api.url}/apis/example.dev/v1/namespaces/default/widgets"
     cases = [

@@ -255,7 +255,7 @@ class KubeAPI:
             except ValueError:
                 raise err.bad_request("invalid continue token") from None
             items = [i for i in items if _sort_key(i) > tuple(after)]
-        limit = int(q.get("limit") or 0)
+        limit = _int_param(q, "limit") or 0
         if limit > 0 and len(items) > limit:
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(list(_sort_key(items[limit - 1]))).encode()).decode()
             meta["remainingItemCount"] = len(items) - limit
@@ -292,7 +292,7 @@ class KubeAPI:
         if pod.get("status", {}).get("phase") == "Pending":
             shown = container or pod["spec"]["containers"][0]["name"]
             raise err.bad_request(f'container "{shown}" in pod "{name}" is waiting to start: ContainerCreating')
-        tail = int(q["tailLines"]) if q.get("tailLines") else None
+        tail = _int_param(q, "tailLines")
         text = self.store.read_log(namespace, name, container, tail)
         if q.get("follow") not in _TRUE:
             return web.Response(text=text, content_type="text/plain")
@@ -320,7 +320,7 @@ class KubeAPI:
         keep = make_filter(q.get("labelSelector"), q.get("fieldSelector"), rtype.field_selectors)
         bookmarks = q.get("allowWatchBookmarks") in _TRUE
         as_table = _wants_table(request)
-        timeout = float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None
+        timeout = _int_param(q, "timeoutSeconds")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -357,12 +357,13 @@ class KubeAPI:
 
         async def send_event(event: WatchEvent) -> None:
             before, after = matches(event.old), matches(event.object)
-            kind = event.type
+            kind, obj = event.type, event.object
             if kind == "MODIFIED" and before != after:
-                kind = "ADDED" if after else "DELETED"  # moved into / out of the selection
+                # Moved into / out of the selection; leaving shows the old state (as the watch cache does).
+                kind, obj = ("ADDED", obj) if after else ("DELETED", event.old or obj)
             if (after if kind != "DELETED" else (before or after)):
-                obj = dict(event.object)
-                obj["apiVersion"] = rtype.api_version(version)
+                obj = dict(obj, apiVersion=rtype.api_version(version))
+                obj["metadata"] = dict(obj["metadata"], resourceVersion=event.object["metadata"]["resourceVersion"])
                 await send(kind, obj)
 
         def bookmark(rv: str, initial_end: bool = False) -> dict[str, Any]:
@@ -447,6 +448,15 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise err.bad_request(f"invalid resource version: {text!r}") from None
+
+
+def _int_param(q: Any, name: str) -> int | None:
+    if not q.get(name):
+        return None
+    try:
+        return int(q[name])
+    except ValueError:
+        raise err.bad_request(f"invalid value for {name}: {q[name]!r}") from None
 
 
 def _validation(q: Any) -> str:
