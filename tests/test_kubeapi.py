@@ -175,7 +175,7 @@ def test_field_selectors_and_bad_selectors(store: Store) -> None:
     store.create("pods", pod("pending"), "default")
     store.create("namespaces", {"metadata": {"name": "other"}})
     store.create("pods", pod("elsewhere"), "other")
-    names = lambda **kw: [p["metadata"]["name"] for p in store.list("pods", **kw)]  # noqa: E731
+    names = lambda **kw: [p["metadata"]["name"] for p in store.list("pods", **kw)]
     assert names(field_selector="spec.nodeName=node-1") == ["bound"]
     assert names(namespace="default", field_selector="spec.nodeName=") == ["pending"]
     assert names(field_selector="status.phase=Pending,metadata.namespace!=default") == ["elsewhere"]
@@ -381,8 +381,8 @@ def test_schema_functions_directly() -> None:
     errors = validate(schema, obj)
     assert [str(e) for e in errors] == [
         'spec.tags[0]: Invalid value: "integer": spec.tags[0] in body must be of type string: "integer"',
-        '<nil>: Invalid value: "null": some validation rules were not checked because the object was invalid; '
-        'correct the existing errors to complete validation',
+        ('<nil>: Invalid value: "null": some validation rules were not checked because the object was invalid; '
+         'correct the existing errors to complete validation'),
     ]
     old = json.loads(json.dumps(obj))
     assert [e.field for e in validate(schema, obj, old=old)] == []  # ratcheting: unchanged invalid values pass
@@ -746,8 +746,8 @@ def test_kopf_operator_sees_custom_resources_and_patches_status(api: KubeAPI) ->
 # ---------------------------------------------------------------------------------------------
 # robustness: arbitrary bodies are answered with a 4xx Status, never an internal error
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 20) | st.text(max_size=5) | st.sampled_from(["web", "a/b", "Always"]),

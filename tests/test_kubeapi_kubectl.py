@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
@@ -71,7 +71,7 @@ def kubectl(api: KubeAPI, tmp_path: Path) -> Kubectl:
 
     def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         command = [KUBECTL, "--kubeconfig", str(config), "--cache-dir", str(tmp_path / "cache"), *args]
-        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(command, check=False, input=stdin, capture_output=True, text=True, timeout=60)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
         return result

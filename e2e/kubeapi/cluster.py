@@ -23,7 +23,8 @@ import re
 import threading
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, Self
 
 from .errors import APIError
 from .store import Store, WatchEvent, rfc3339
@@ -107,7 +108,7 @@ class SimCluster:
             self._thread = None
         self.store.unsubscribe(self._on_event)
 
-    def __enter__(self) -> SimCluster:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,6 +11,7 @@ validation ratcheting, on by default since 1.30) and transition rules see ``oldS
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import re
@@ -330,10 +331,8 @@ def _run_rules(schema: dict[str, Any], value: Any, path: str, old: Any) -> list[
             continue
         message = rule.get("message") or f"failed rule: {text.strip()}"
         if rule.get("messageExpression"):
-            try:
+            with contextlib.suppress(Exception):  # the real server also falls back to the message
                 message = str(compile_rule(rule["messageExpression"]).evaluate(activation))
-            except Exception:  # noqa: BLE001 - the real server also falls back to the message
-                pass
         reason = rule.get("reason", "FieldValueInvalid")
         target = target or "<nil>"
         if reason == "FieldValueForbidden":

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 from aiohttp import web
@@ -59,7 +59,7 @@ class KubeAPI:
 
     def start(self) -> KubeAPI:
         ready = threading.Event()
-        failure: list[BaseException] = []
+        failure: list[Exception] = []
 
         def run() -> None:
             loop = asyncio.new_event_loop()
@@ -67,7 +67,7 @@ class KubeAPI:
             self._loop = loop
             try:
                 loop.run_until_complete(self._startup())
-            except BaseException as exc:  # reported to the starting thread
+            except Exception as exc:  # noqa: BLE001 - reported to the starting thread
                 failure.append(exc)
                 ready.set()
                 return
@@ -106,8 +106,9 @@ class KubeAPI:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def __enter__(self) -> KubeAPI:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -393,7 +394,7 @@ class KubeAPI:
                     wait = left if wait is None else min(wait, left)
                 try:
                     item = await asyncio.wait_for(queue.get(), wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if bookmarks:
                         with self.store.lock:
                             # Queued behind every event committed so far, so the RV is safe to resume from.

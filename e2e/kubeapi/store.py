@@ -12,30 +12,35 @@ event may hand its object to many watchers; everything returned to callers is a 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
-import datetime as dt
 import logging
 import random
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import errors as err
 from .errors import APIError, FieldError
 from .patch import MERGE_KEYS, json_patch, merge_patch, schema_list_keys, strategic_merge
-from .resources import (ResourceType, builtin_types, crd_type, decode_problem, default_pod, metadata_errors,
-                        pod_errors, pod_update_errors, validate_crd)
+from .resources import ResourceType, builtin_types, crd_type, metadata_errors, rfc3339
 from .schema import OBJECT_META_FIELDS, apply_defaults, prune, validate
 from .selectors import make_filter
+from .strategies import (
+    CRD_KEY,
+    crd_status,
+    decode_problem,
+    pod_update_errors,
+    prepare_create,
+    type_errors,
+)
 
 log = logging.getLogger(__name__)
 
-CRD_KEY = "customresourcedefinitions.apiextensions.k8s.io"
 PATCH_TYPES = {
     "application/merge-patch+json": "merge",
     "application/json-patch+json": "json",
@@ -56,11 +61,6 @@ class WatchEvent:
     type: str  # ADDED | MODIFIED | DELETED
     object: dict[str, Any]
     old: dict[str, Any] | None
-
-
-def rfc3339(when: float | None = None) -> str:
-    moment = dt.datetime.fromtimestamp(time.time() if when is None else when, dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Store:
@@ -109,7 +109,7 @@ class Store:
             ]  # fmt: skip
             if not found:
                 raise APIError(404, "NotFound", f'the server doesn\'t have a resource type "{name}"')
-            return sorted(found, key=lambda t: (t.group != "", t.group))[0]
+            return min(found, key=lambda t: (t.group != "", t.group))
 
     def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
         """The resource served at ``/apis/{group}/{version}/{plural}``, if any."""
@@ -227,12 +227,12 @@ class Store:
                 name = self._generate_name(rtype, namespace, meta["generateName"])
             meta["name"] = name
             with _typed(rtype, version):
-                self._prepare_create(rtype, obj)
+                prepare_create(rtype, obj, self._service_ip)
                 problems = self._schema_pass(rtype, obj, None, version, field_validation, warnings)
                 if not name:
                     problems = [err.required("metadata.name", "name or generateName is required")]
                 else:
-                    problems += metadata_errors(obj, rtype) + self._type_errors(rtype, obj)
+                    problems += metadata_errors(obj, rtype) + type_errors(rtype, obj)
             if problems:
                 raise err.invalid_object(rtype.kind, rtype.group, name, problems)
             self._admit(rtype, obj)
@@ -440,58 +440,9 @@ class Store:
                 return name
         return name
 
-    def _prepare_create(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
-        """PrepareForCreate + defaulting of the built-in registry strategies."""
-        if rtype.has_status and rtype.crd:
-            obj.pop("status", None)  # create cannot set status when /status exists
-        if rtype.key == "pods":
-            default_pod(obj)
-        elif rtype.key == "namespaces":
-            obj.setdefault("spec", {})["finalizers"] = ["kubernetes"]
-            obj["status"] = {"phase": "Active"}
-            obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"].get("name", "")
-        elif rtype.key == "secrets":
-            obj.setdefault("type", "Opaque")
-            for key, value in (obj.pop("stringData", None) or {}).items():
-                obj.setdefault("data", {})[key] = base64.b64encode(str(value).encode()).decode()
-        elif rtype.key == "services":
-            spec = obj.setdefault("spec", {})
-            spec.setdefault("type", "ClusterIP")
-            spec.setdefault("sessionAffinity", "None")
-            if spec.get("clusterIP") != "None":
-                self._next_service_ip += 1
-                spec["clusterIP"] = f"10.96.{self._next_service_ip // 250}.{self._next_service_ip % 250 + 1}"
-            spec["clusterIPs"] = [spec["clusterIP"]]
-            for port in spec.get("ports") or []:
-                port.setdefault("protocol", "TCP")
-                port.setdefault("targetPort", port.get("port"))
-        elif rtype.key == CRD_KEY:
-            obj["status"] = self._crd_status(obj, None)
-
-    def _crd_status(self, crd: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-        """Established at once (there is no controller to wait for); kept as is when names stay."""
-        spec = crd.get("spec") or {}
-        storage = [v.get("name") for v in spec.get("versions") or [] if v.get("storage")]
-        old = (previous or {}).get("status") or {}
-        if old.get("acceptedNames") == spec.get("names") and set(storage) <= set(old.get("storedVersions") or []):
-            return copy.deepcopy(old)
-        now = rfc3339()
-        storage = sorted(set(storage) | set(old.get("storedVersions") or []))
-        return {
-            "acceptedNames": dict(spec.get("names") or {}),
-            "storedVersions": storage,
-            "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
-            ],
-        }
-
-    def _type_errors(self, rtype: ResourceType, obj: dict[str, Any]) -> list[FieldError]:
-        if rtype.key == "pods":
-            return pod_errors(obj)
-        if rtype.key == CRD_KEY:
-            return validate_crd(obj)
-        return []
+    def _service_ip(self) -> str:
+        self._next_service_ip += 1
+        return f"10.96.{self._next_service_ip // 250}.{self._next_service_ip % 250 + 1}"
 
     def _admit(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         """Admission the real server runs on create (ServiceAccount admission for pods)."""
@@ -575,9 +526,9 @@ class Store:
                 for field in ("group", "scope"):
                     if (new.get("spec") or {}).get(field) != (current.get("spec") or {}).get(field):
                         problems.append(invalid_immutable(f"spec.{field}", (new.get("spec") or {}).get(field)))
-                new["status"] = self._crd_status(new, current)
+                new["status"] = crd_status(new, current)
             problems += self._schema_pass(rtype, new, current, version, field_validation, warnings)
-            problems += metadata_errors(new, rtype) + self._type_errors(rtype, new)
+            problems += metadata_errors(new, rtype) + type_errors(rtype, new)
         if problems:
             raise err.invalid_object(rtype.kind, rtype.group, old_meta["name"], problems)
         if "generation" in old_meta and _without(new, rtype) != _without(current, rtype):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .resources import ResourceType
 
@@ -18,7 +19,7 @@ Column = tuple[dict[str, Any], Callable[[dict[str, Any]], Any]]
 
 def parse_time(value: str) -> dt.datetime | None:
     try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return dt.datetime.fromisoformat(value)
     except (AttributeError, ValueError):
         return None
 
@@ -53,7 +54,7 @@ def age(timestamp: Any) -> str:
     when = parse_time(timestamp) if isinstance(timestamp, str) else None
     if when is None:
         return "<unknown>"
-    return human_duration((dt.datetime.now(dt.timezone.utc) - when).total_seconds())
+    return human_duration((dt.datetime.now(dt.UTC) - when).total_seconds())
 
 
 def jsonpath(obj: Any, path: str) -> list[Any]:
