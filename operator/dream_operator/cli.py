@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease-name", default="dream-operator")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics; 0 disables")
     p.add_argument("--health-port", type=int, default=8080, help="/healthz probe; 0 disables")
-    p.add_argument("--workers", type=int, default=8, help="jobs reconciled concurrently")
+    p.add_argument("--workers", type=int, default=16, help="jobs reconciled concurrently")
     p.add_argument("--resync-seconds", type=float, default=60.0)
     p.add_argument("--progress-port", type=int, default=8090, help="runtime progress port in pods")
     p.add_argument("--progress-interval-seconds", type=float, default=15.0)

@@ -33,7 +33,7 @@ COMPONENT = "dream-operator"
 
 @dataclass(frozen=True)
 class ControllerSettings(Settings):
-    workers: int = 8
+    workers: int = 16
     resync_seconds: float = 60.0
     """Every job is reconciled at least this often, whatever the events say."""
     progress_interval_seconds: float = 15.0
@@ -176,15 +176,19 @@ class Controller:
                 metrics.TRANSITIONS.labels(phase=new.get("phase", "")).inc()
             if new.get("restarts", 0) > old.get("restarts", 0):
                 metrics.RESTARTS.inc()
-        for event in decision.events:
-            try:
-                await self.kube.post_event(job, event.type, event.reason, event.message, now, COMPONENT)
-            except ApiException as error:  # an Event is informative; never block on it
-                log.warning("posting event for %s/%s: %s", namespace, name, error.reason)
-        for action in decision.actions:
-            await self._apply(namespace, job, action)
+        # The status is written; now everything else at once (each action is idempotent).
+        await asyncio.gather(
+            *(self._post(job, event, now) for event in decision.events),
+            *(self._apply(namespace, job, action) for action in decision.actions),
+        )
         if decision.requeue_after is not None:
             self.enqueue_after(key, decision.requeue_after + 0.05)
+
+    async def _post(self, job: dict[str, Any], event: Any, now: datetime) -> None:
+        try:
+            await self.kube.post_event(job, event.type, event.reason, event.message, now, COMPONENT)
+        except ApiException as error:  # an Event is informative; never fail a reconcile on it
+            log.warning("posting event for %s: %s", job["metadata"]["name"], error.reason)
 
     async def _apply(self, namespace: str, job: dict[str, Any], action: Any) -> None:
         if isinstance(action, CreatePod):

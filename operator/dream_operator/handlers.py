@@ -59,15 +59,15 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         return state.get("controller")
 
     @kopf.index("pods", labels={LABEL_JOB: kopf.PRESENT}, id="dream_pods", registry=registry)
-    def dream_pods(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> Any:
+    async def dream_pods(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> Any:
         return {(namespace, labels[LABEL_JOB]): _plain(body)}
 
     @kopf.index("nodes", id="dream_nodes", registry=registry)
-    def dream_nodes(name: str, body: kopf.Body, **_: Any) -> Any:
+    async def dream_nodes(name: str, body: kopf.Body, **_: Any) -> Any:
         return {name: {"metadata": {"name": name}, "status": dict(body.status)}}
 
     @kopf.index(api.GROUP, api.VERSION, api.PLURAL, id="dream_jobs", registry=registry)
-    def dream_jobs(namespace: str, name: str, **_: Any) -> Any:
+    async def dream_jobs(namespace: str, name: str, **_: Any) -> Any:
         return {(namespace, name): True}
 
     @kopf.on.login(registry=registry)
@@ -123,7 +123,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         await asyncio.gather(*state.get("tasks", []), return_exceptions=True)
 
     @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
-    def job_event(type: str, namespace: str, name: str, **kwargs: Any) -> None:
+    async def job_event(type: str, namespace: str, name: str, **kwargs: Any) -> None:
         keep(kwargs)
         ctl = controller()
         if ctl is None:
@@ -134,14 +134,14 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             ctl.enqueue((namespace, name))
 
     @kopf.on.event("pods", labels={LABEL_JOB: kopf.PRESENT}, registry=registry)
-    def pod_event(namespace: str, labels: dict[str, str], **kwargs: Any) -> None:
+    async def pod_event(namespace: str, labels: dict[str, str], **kwargs: Any) -> None:
         keep(kwargs)
         ctl = controller()
         if ctl is not None:
             ctl.enqueue((namespace, labels[LABEL_JOB]))
 
     @kopf.on.event("nodes", registry=registry)
-    def node_event(type: str, name: str, status: dict[str, Any], dream_pods: kopf.Index,
+    async def node_event(type: str, name: str, status: dict[str, Any], dream_pods: kopf.Index,
                    **kwargs: Any) -> None:
         keep({"dream_pods": dream_pods, **kwargs})
         ready = type != "DELETED" and any(

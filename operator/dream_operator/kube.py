@@ -8,6 +8,8 @@ and may repeat an action it cannot yet see the effect of.
 from __future__ import annotations
 
 import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -41,11 +43,16 @@ class Kube:
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.coordination = kubernetes.client.CoordinationV1Api(client)
         self.requests = 0
+        # Its own threads, one per pooled connection: asyncio's default executor has only
+        # cpu_count + 4 threads and is shared with kopf's synchronous handlers.
+        size = client.configuration.connection_pool_maxsize
+        self._pool = ThreadPoolExecutor(size, thread_name_prefix="kube")
 
     async def _call(self, fn: Any, *args: Any, ok: tuple[int, ...] = (), **kwargs: Any) -> Any:
         self.requests += 1
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         except ApiException as error:
             if error.status in ok:
                 return None
