@@ -414,6 +414,26 @@ def test_crd_lifecycle_registers_and_removes_the_resource(store: Store) -> None:
         store.resource("widgets")
 
 
+def test_multiple_versions_share_storage(store: Store) -> None:
+    crd = json.loads(json.dumps(CRD))
+    crd["metadata"]["name"] = "gadgets.example.dev"
+    crd["spec"]["names"] = {"plural": "gadgets", "kind": "Gadget"}
+    v1 = crd["spec"]["versions"][0]
+    beta = json.loads(json.dumps(v1))
+    beta.update(name="v1beta1", storage=False)
+    beta["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["size"]["maximum"] = 100
+    crd["spec"]["versions"] = [beta, v1]
+    store.create("crds", crd)
+    created = store.create("gadgets", {"apiVersion": "example.dev/v1beta1", "kind": "Gadget", "metadata": {"name": "g"},
+                                       "spec": {"size": 50}}, "default")
+    assert created["apiVersion"] == "example.dev/v1beta1"  # each version's schema validates its requests
+    assert store.get("gadgets", "default", "g")["apiVersion"] == "example.dev/v1"  # stored as v1
+    with pytest.raises(APIError):
+        store.create("gadgets", {"apiVersion": "example.dev/v1", "kind": "Gadget", "metadata": {"name": "h"},
+                                 "spec": {"size": 50}}, "default")
+    assert store.get("gadgets", "default", "g", version="v1beta1")["apiVersion"] == "example.dev/v1beta1"
+
+
 def test_watch_log_replay_and_expiry() -> None:
     small = Store(history=5)
     start = int(small.resource_version)
@@ -609,6 +629,26 @@ def test_http_watch_selection_and_pagination(api: KubeAPI) -> None:
     rest = requests.get(base, params={"limit": "10", "continue": first["metadata"]["continue"]}).json()
     assert [i["metadata"]["name"] for i in rest["items"]] == ["c2", "c3", "c4"] and "continue" not in rest["metadata"]
     assert requests.get(base, params={"limit": "x"}).status_code == 400
+
+
+def test_http_leases_and_dry_run(api: KubeAPI, client) -> None:
+    import datetime as dt
+
+    k8s, api_client = client
+    coordination = k8s.CoordinationV1Api(api_client)
+    now = dt.datetime.now(dt.UTC)
+    spec = k8s.V1LeaseSpec(holder_identity="op-0", lease_duration_seconds=15, acquire_time=now, renew_time=now)
+    lease = coordination.create_namespaced_lease("default", k8s.V1Lease(metadata=k8s.V1ObjectMeta(name="leader"), spec=spec))
+    assert lease.spec.renew_time == now
+    lease.spec.holder_identity = "op-1"
+    renewed = coordination.replace_namespaced_lease("leader", "default", lease)
+    assert renewed.spec.holder_identity == "op-1"
+    with pytest.raises(k8s.ApiException) as exc:
+        coordination.replace_namespaced_lease("leader", "default", lease)  # stale resourceVersion
+    assert exc.value.status == 409
+    core = k8s.CoreV1Api(api_client)
+    dry = core.create_namespaced_config_map("default", {"metadata": {"name": "dry"}}, dry_run="All")
+    assert dry.metadata.name == "dry" and api.store.try_get("configmaps", "default", "dry") is None
 
 
 def test_http_errors_never_break_the_server(api: KubeAPI) -> None:

@@ -137,6 +137,14 @@ def test_kubectl_pods_selectors_and_graceful_delete(api: KubeAPI, kubectl: Kubec
         assert all(" Running " in line and "127.0.0." in line for line in wide[1:])
         on_node = kubectl("get", "pods", "--field-selector", "spec.nodeName=node-0", "-o", "name").stdout.split()
         assert on_node and all(api.store.get("pods", "default", p.split("/")[1])["spec"]["nodeName"] == "node-0" for p in on_node)
+        changed = yaml.safe_load(pods.split("\n---\n")[1])
+        changed["metadata"]["labels"]["extra"] = "yes"
+        changed["spec"]["containers"][0]["image"] = "busybox:1.37"  # images are the mutable part of a pod
+        assert kubectl("apply", "-f", "-", stdin=yaml.safe_dump(changed)).stdout.strip() == "pod/x-2 configured"
+        assert api.store.get("pods", "default", "x-2")["spec"]["containers"][0]["image"] == "busybox:1.37"
+        changed["spec"]["containers"][0]["command"] = ["sh"]
+        refused = kubectl("apply", "-f", "-", stdin=yaml.safe_dump(changed), check=False)
+        assert refused.returncode != 0 and "pod updates may not change fields" in refused.stderr
         deleted = kubectl("delete", "pod", "x-1")  # waits until the kubelet has stopped it
         assert deleted.stdout.strip() == 'pod "x-1" deleted' and api.store.try_get("pods", "default", "x-1") is None
         assert "No resources found" in kubectl("get", "pods", "-l", "app=none").stderr
