@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import threading
+import urllib.request
 from typing import Any
 
 import kubernetes
@@ -299,3 +300,33 @@ def test_kubectl_rejects_an_invalid_job_naming_the_field(shared_cluster):
     result = kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
     assert result.returncode != 0
     assert "spec.nprocPerNode" in result.stderr or "spec.extra" in result.stderr, result.stderr
+
+
+def test_dream_operator_command_serves_metrics_and_health(cluster, tmp_path):
+    kube, sim, kubeconfig, client = cluster
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    metrics_port, health_port = ports
+    process = subprocess.Popen(
+        ["dream-operator", "run", "--kubeconfig", str(kubeconfig), "--metrics-port", str(metrics_port),
+         "--health-port", str(health_port), "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        apply(kubeconfig, manifest("job-cli"))
+        wait_for(phase_is(client, "job-cli", "Running"), timeout=60, what="the command's operator runs the job")
+
+        def get(port: int, path: str) -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                return response.read().decode()
+        text = get(metrics_port, "/metrics")
+        assert "dream_operator_leader 1.0" in text
+        created = [line for line in text.splitlines() if line.startswith("dream_operator_pods_created_total")]
+        assert created and float(created[0].split()[-1]) >= 2
+        assert get(health_port, "/healthz")
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode in (0, -15), output
