@@ -275,8 +275,9 @@ def test_pod_rules(store: Store) -> None:
     with pytest.raises(APIError) as exc:
         store.patch("pods", "default", "p", {"spec": {"restartPolicy": "Never"}})
     assert invalid(exc) == [("spec", "FieldValueForbidden")]
-    assert store.patch("pods", "default", "p", {"spec": {"containers": [{"name": "main", "image": "busybox:2"}]}},
-                       patch_type="strategic")["spec"]["containers"][0]["image"] == "busybox:2"
+    new_image = store.patch("pods", "default", "p", {"spec": {"containers": [{"name": "main", "image": "busybox:2"}]}},
+                            patch_type="strategic")
+    assert new_image["spec"]["containers"][0]["image"] == "busybox:2" and new_image["metadata"]["generation"] == 2
     with pytest.raises(APIError) as exc:
         store.create("pods", pod("q", serviceAccountName="missing"), "default")
     assert exc.value.code == 403 and 'serviceaccount "missing" not found' in exc.value.message
@@ -526,6 +527,8 @@ def test_dead_node_leaves_pods_terminating_until_forced(store: Store) -> None:
         ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
         assert (ready["status"], ready["reason"]) == ("Unknown", "NodeStatusUnknown")
         assert {t["effect"] for t in node["spec"]["taints"]} == {"NoSchedule", "NoExecute"}
+        marked = store.get("pods", "default", "p0")["status"]["conditions"]
+        assert next(c for c in marked if c["type"] == "Ready")["status"] == "False"  # the node controller's doing
         store.delete("pods", "default", "p0")
         store.delete("pods", "default", "p1")
         store.wait_for("pods", "default", "p1", lambda p: p is None, timeout=5)  # a live kubelet finishes it
@@ -538,6 +541,17 @@ def test_dead_node_leaves_pods_terminating_until_forced(store: Store) -> None:
         store.create("pods", pod("orphan", nodeName="node-1"), "default")
         cluster.delete_node("node-1")
         store.wait_for("pods", "default", "orphan", lambda p: p is None, timeout=5)  # pod GC
+
+
+def test_taint_eviction_after_a_timeout(store: Store) -> None:
+    with SimCluster(store, nodes=["node-0"], eviction_timeout=0.1) as cluster:
+        store.create("pods", pod("p", nodeName="node-0"), "default")
+        store.wait_for("pods", "default", "p", lambda p: p["status"]["phase"] == "Running")
+        cluster.set_node_ready("node-0", False)
+        evicted = store.wait_for("pods", "default", "p", lambda p: bool(p["metadata"].get("deletionTimestamp")), timeout=5)
+        assert evicted["status"]["phase"] == "Running"  # deleted, but nobody is left to stop it
+        cluster.set_node_ready("node-0", True)
+        store.wait_for("pods", "default", "p", lambda p: p is None, timeout=5)  # the kubelet is back and finishes it
 
 
 # ---------------------------------------------------------------------------------------------

@@ -206,16 +206,20 @@ class SimCluster:
         with self._lock:
             nodes = {n["metadata"]["name"]: n for n in self.store.list("nodes")}
             pods = self.store.list("pods")
+            by_node: dict[str, list[dict[str, Any]]] = {name: [] for name in nodes}
+            for pod in pods:
+                by_node.setdefault((pod.get("spec") or {}).get("nodeName") or "", []).append(pod)
             now = time.monotonic()
             for pod in pods:
                 try:
-                    self._step_pod(pod, nodes, pods, now)
+                    self._step_pod(pod, nodes, by_node, now)
                 except APIError as exc:  # the pod changed or vanished under us; next pass sees it
                     log.debug("simcluster: %s", exc)
             live = {p["metadata"]["uid"] for p in pods}
             self._seen = {key: t for key, t in self._seen.items() if key.split("/")[-1] in live}
 
-    def _step_pod(self, pod: dict[str, Any], nodes: dict[str, dict[str, Any]], pods: list[dict[str, Any]], now: float) -> None:
+    def _step_pod(self, pod: dict[str, Any], nodes: dict[str, dict[str, Any]],
+                  by_node: dict[str, list[dict[str, Any]]], now: float) -> None:
         meta, spec = pod["metadata"], pod.get("spec") or {}
         phase = (pod.get("status") or {}).get("phase")
         node_name = spec.get("nodeName")
@@ -233,7 +237,7 @@ class SimCluster:
             return
         if not node_name:
             if spec.get("schedulerName", "default-scheduler") == "default-scheduler":
-                self._schedule(pod, nodes, pods)
+                self._schedule(pod, nodes, by_node)
             return
         if node is None or not _node_ready(node):
             since = self._not_ready_since.get(node_name)
@@ -248,11 +252,12 @@ class SimCluster:
     # -----------------------------------------------------------------------------------------
     # scheduler
 
-    def _schedule(self, pod: dict[str, Any], nodes: dict[str, dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+    def _schedule(self, pod: dict[str, Any], nodes: dict[str, dict[str, Any]],
+                  by_node: dict[str, list[dict[str, Any]]]) -> None:
         reasons: dict[str, int] = {}
         fits = []
         for name in sorted(nodes):
-            why = self._unfit(pod, nodes[name], [p for p in pods if (p.get("spec") or {}).get("nodeName") == name])
+            why = self._unfit(pod, nodes[name], by_node.get(name, []))
             if why:
                 reasons[why] = reasons.get(why, 0) + 1
             else:
@@ -272,6 +277,7 @@ class SimCluster:
         # Binding goes through pods/binding semantics (once only), like the real scheduler.
         self.store.bind(meta["namespace"], meta["name"], target)
         pod["spec"]["nodeName"] = target  # later pods of this pass must see the room it takes
+        by_node.setdefault(target, []).append(pod)
         self.store.patch("pods", meta["namespace"], meta["name"], {"status": {"conditions": [_condition("PodScheduled", "True")]}},
                          subresource="status")
 

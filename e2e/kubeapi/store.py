@@ -240,7 +240,7 @@ class Store:
                 raise err.already_exists(rtype.plural, rtype.group, name)
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = rfc3339()
-            if rtype.crd or rtype.key == CRD_KEY:  # the built-ins served here carry no generation
+            if rtype.crd or rtype.key in (CRD_KEY, "pods"):  # pods since 1.34; configmaps etc. never
                 meta["generation"] = 1
             if dry_run:
                 return self._out(rtype, obj, version)
