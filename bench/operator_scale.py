@@ -27,11 +27,12 @@ import kubernetes
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from dream_operator import api  # noqa: E402
-from dream_operator.controller import ControllerSettings  # noqa: E402
-from dream_operator.group import LABEL_GENERATION, LABEL_JOB  # noqa: E402
-from e2e.kubeapi import KubeAPI, SimCluster  # noqa: E402
-from operator_harness import OperatorThread, crd_manifest  # noqa: E402
+from dream_operator import api
+from dream_operator.controller import ControllerSettings
+from dream_operator.group import LABEL_GENERATION, LABEL_JOB
+from operator_harness import OperatorThread, crd_manifest
+
+from e2e.kubeapi import KubeAPI, SimCluster
 
 NS = "default"
 

@@ -6,10 +6,9 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from hypothesis import strategies as st
-
 from dream_operator import api
 from dream_operator.group import LABEL_GENERATION, LABEL_JOB, LABEL_RANK
+from hypothesis import strategies as st
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

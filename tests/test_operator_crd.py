@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-
 from dream_operator import api, crd
 from dream_operator.cli import main
 

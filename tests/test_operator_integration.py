@@ -15,13 +15,13 @@ from typing import Any
 import kubernetes
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-
 from dream_operator import api
 from dream_operator.group import LABEL_GENERATION, LABEL_JOB
-from e2e.kubeapi import KubeAPI, SimCluster
+from hypothesis import HealthCheck, given, settings
 from operator_fixtures import broken_manifests
 from operator_harness import OperatorThread, crd_manifest, wait_for
+
+from e2e.kubeapi import KubeAPI, SimCluster
 
 NS = "default"
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-
 from dream_operator import api
 from dream_operator.api import ConditionType, Phase, Reason
 from dream_operator.controller import merge_patch
 from dream_operator.group import desired_group
-from dream_operator.reconcile import (CreatePod, CreateService, DeleteJob, DeletePod, Settings,
-                                      backoff_seconds, reconcile, with_progress)
+from dream_operator.reconcile import (
+    CreatePod,
+    CreateService,
+    DeleteJob,
+    DeletePod,
+    Settings,
+    backoff_seconds,
+    reconcile,
+    with_progress,
+)
 from operator_fixtures import T0, job, node, pod, ts, with_status
 
 NODES = [node("n0"), node("n1"), node("n2")]
@@ -194,7 +201,7 @@ def test_restart_waits_for_old_pods_then_backoff_then_creates_next_generation():
 
 def test_backoff_is_exponential_and_capped():
     policy = api.RestartPolicy(backoff_seconds=10, max_backoff_seconds=60)
-    assert [backoff_seconds(policy, n) for n in range(0, 6)] == [0, 10, 20, 40, 60, 60]
+    assert [backoff_seconds(policy, n) for n in range(6)] == [0, 10, 20, 40, 60, 60]
     assert backoff_seconds(api.RestartPolicy(backoff_seconds=0), 3) == 0
 
 

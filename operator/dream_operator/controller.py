@@ -11,20 +11,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import aiohttp
 from kubernetes.client.rest import ApiException
 
 from . import metrics
 from .api import Phase
-from .group import LABEL_JOB
 from .kube import CONFLICT, NOT_FOUND, Kube
 from .observe import pod_view
-from .reconcile import (CreatePod, CreateService, Decision, DeleteJob, DeletePod, Settings,
-                        parse_status, reconcile, with_progress)
+from .reconcile import (
+    CreatePod,
+    CreateService,
+    Decision,
+    DeleteJob,
+    DeletePod,
+    Settings,
+    reconcile,
+    with_progress,
+)
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -227,15 +235,7 @@ class Controller:
         try:
             async with self._http.get(url) as response:
                 report = await response.json() if response.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return  # not serving yet (still starting) or gone; the next poll will tell
         decision.status = with_progress(decision.status, report, now)
 
-
-def job_key_of_pod(namespace: str, labels: dict[str, str]) -> Key | None:
-    job = labels.get(LABEL_JOB)
-    return (namespace, job) if job else None
-
-
-def status_of(job: dict[str, Any]) -> Any:
-    return parse_status(job.get("status"))
