@@ -101,7 +101,7 @@ def broken_manifests(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans()) and path[-1] in node_:
             del node_[path[-1]]
         else:
-            node_[path[-1]] = draw(st.one_of(json_values, SPECIAL))
+            node_[path[-1]] = copy.deepcopy(draw(st.one_of(json_values, SPECIAL)))  # no shared objects
     return body
 
 
