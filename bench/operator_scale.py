@@ -122,13 +122,14 @@ def operator_run(n_jobs: int, nodes: int, restarts: int) -> dict[str, float]:
                 to_pods = list(seen.values())
                 last_created = max(created.values()) - start
 
-                # Wait until every job runs, then fail one worker in `restarts` jobs.
-                def all_running() -> bool:
+                def all_in(phase: str) -> bool:
                     nonlocal ours
                     ours += 1
                     items = custom.list_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.PLURAL)["items"]
-                    return all((j.get("status") or {}).get("phase") == "Running" for j in items)
-                wait_all(all_running, 300, 0.2)
+                    return all((j.get("status") or {}).get("phase") == phase for j in items)
+
+                # Wait until every job runs, then fail one worker in `restarts` jobs.
+                wait_all(lambda: all_in("Running"), 300, 0.2)
                 recovery = []
                 for name in names[:restarts]:
                     sim.fail_pod(NS, f"{name}-g0-1", exit_code=1)
@@ -148,12 +149,7 @@ def operator_run(n_jobs: int, nodes: int, restarts: int) -> dict[str, float]:
                         sim.succeed_pod(NS, pod.metadata.name)
                 ours += 1
 
-                def all_done() -> bool:
-                    nonlocal ours
-                    ours += 1
-                    items = custom.list_namespaced_custom_object(api.GROUP, api.VERSION, NS, api.PLURAL)["items"]
-                    return all((j.get("status") or {}).get("phase") == "Succeeded" for j in items)
-                wait_all(all_done, 300, 0.2)
+                wait_all(lambda: all_in("Succeeded"), 300, 0.2)
                 requests = kube.request_count - ours
         finally:
             sim.stop()
