@@ -229,11 +229,8 @@ class SimCluster:
             return
         node = nodes.get(node_name) if node_name else None
         if meta.get("deletionTimestamp"):
-            if node is not None and _node_ready(node):
-                grace = meta.get("deletionGracePeriodSeconds", 0)
-                started = self._seen.setdefault(f"terminating/{uid}", now)
-                if now - started >= min(grace, self.termination_delay):
-                    self._force_delete(pod)
+            if node is not None and _node_ready(node) and self._stop_containers(pod):
+                self._force_delete(pod)
             return
         if not node_name:
             if spec.get("schedulerName", "default-scheduler") == "default-scheduler":
@@ -313,11 +310,39 @@ class SimCluster:
     # kubelet
 
     def start_pod(self, namespace: str, name: str) -> dict[str, Any]:
-        """Run a bound pod: phase Running, podIP, containers running and ready."""
-        pod = self.store.get("pods", namespace, name)
+        """Run a bound pod: phase Running, podIP, containers running and ready.
+
+        :meth:`_run_containers` starts the containers first; when it cannot, the pod stays as it is.
+        """
+        with self._lock:
+            pod = self.store.get("pods", namespace, name)
+            if not self._run_containers(pod):
+                return self.store.get("pods", namespace, name)
+            return self._mark_running(pod)
+
+    def _run_containers(self, pod: dict[str, Any]) -> bool:
+        """Hook: start the pod's containers; False leaves it Pending (and retried on later passes).
+        Simulated containers need nothing."""
+        return True
+
+    def _stop_containers(self, pod: dict[str, Any]) -> bool:
+        """Hook, called on every pass while a pod is being deleted on a Ready node: stop its
+        containers and say whether they are gone (the pod object is then force-deleted).
+        Simulated containers take ``min(grace period, termination_delay)`` seconds."""
+        grace = pod["metadata"].get("deletionGracePeriodSeconds", 0)
+        now = time.monotonic()
+        started = self._seen.setdefault(f"terminating/{pod['metadata']['uid']}", now)
+        return now - started >= min(grace, self.termination_delay)
+
+    def _pod_ip(self, pod: dict[str, Any], host_ip: str) -> str:
+        """Hook: the IP a started pod gets (the node's own for ``hostNetwork`` pods)."""
+        return host_ip if pod["spec"].get("hostNetwork") else self.store.next_pod_ip()
+
+    def _mark_running(self, pod: dict[str, Any]) -> dict[str, Any]:
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         node = self.store.get("nodes", None, pod["spec"]["nodeName"])
         host_ip = node["status"]["addresses"][0]["address"]
-        ip = host_ip if pod["spec"].get("hostNetwork") else self.store.next_pod_ip()
+        ip = self._pod_ip(pod, host_ip)
         now = rfc3339()
         status = {
             "phase": "Running",
@@ -373,7 +398,9 @@ class SimCluster:
                 statuses[cname] = ended
         status["containerStatuses"] = [statuses.get(c["name"]) or _running(c, now) for c in spec["containers"]]
         if not restart:
-            status["phase"] = "Succeeded" if exit_code == 0 and not evicted else "Failed"
+            failed = evicted or any(((s.get("state") or {}).get("terminated") or {}).get("exitCode", 0) != 0
+                                    for s in status["containerStatuses"])  # any container, not just this one
+            status["phase"] = "Failed" if failed else "Succeeded"
             status["conditions"] = [c if c["type"] not in ("Ready", "ContainersReady") else
                                     _condition(c["type"], "False", "PodCompleted" if status["phase"] == "Succeeded" else "PodFailed")
                                     for c in status.get("conditions") or []]
