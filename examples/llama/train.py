@@ -11,19 +11,19 @@ standard library's sources, which ship with every Python.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader
-
 from dream_trainer import DreamTrainer, DreamTrainerConfig
-from dream_trainer.callbacks import CallbackCollection, ProgressCallback
-from dream_trainer.configs import DeviceParameters, TrainingParameters
+from dream_trainer.callbacks import CallbackCollection, CheckpointCallback, ProgressCallback
+from dream_trainer.configs import CheckpointParameters, DeviceParameters, TrainingParameters
 from dream_trainer.data import ByteTextDataset, read_corpus
 from dream_trainer.models import Llama, LlamaArgs
 from dream_trainer.models.llama_parallel import LlamaParallelMixin
 from dream_trainer.parallel.tensor_parallel import check_sequence_length
 from dream_trainer.utils import distributed_launch, rank_zero_print
+from torch.utils.data import DataLoader
 
 
 @dataclass(kw_only=True)
@@ -108,14 +108,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="directory of text files")
     parser.add_argument("--val-every", type=int, default=50, help="validate every N steps")
     parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                        help="checkpoint every N steps (to $DREAM_CHECKPOINT_URI under the "
+                        "operator, else ./checkpoints) and resume from the latest")
     return parser.parse_args(argv)
 
 
 def make_config(args: argparse.Namespace) -> LlamaTrainerConfig:
-    common = dict(tensor_parallel=args.tp, pipeline_parallel=args.pp,
-                  pipeline_schedule=args.pp_schedule, loss_parallel=args.loss_parallel,
-                  compile_model=args.compile, checkpoint_activations=args.ac != "none",
-                  activation_checkpointing_mode="full" if args.ac == "none" else args.ac)
+    callbacks: list = [ProgressCallback(every_n_steps=args.log_every)]
+    if args.checkpoint_every is not None:
+        callbacks.append(CheckpointCallback(CheckpointParameters(
+            checkpoint_every_n_steps=args.checkpoint_every, checkpoint_every_n_epochs=None)))
+    common = {"tensor_parallel": args.tp, "pipeline_parallel": args.pp,
+              "pipeline_schedule": args.pp_schedule, "loss_parallel": args.loss_parallel,
+              "compile_model": args.compile, "checkpoint_activations": args.ac != "none",
+              "activation_checkpointing_mode": "full" if args.ac == "none" else args.ac}
     if args.ddp:
         device = DeviceParameters.DDP(**common)
     elif args.dp_replicate > 1:
@@ -132,7 +139,7 @@ def make_config(args: argparse.Namespace) -> LlamaTrainerConfig:
             n_epochs=None, max_steps=args.max_steps, train_batch_size=args.batch_size,
             gradient_accumulation_steps=args.grad_accum, gradient_clip_val=1.0,
             val_every_n_steps=args.val_every, val_steps_per_epoch=4),
-        callbacks=CallbackCollection([ProgressCallback(every_n_steps=args.log_every)]),
+        callbacks=CallbackCollection(callbacks),
     )
 
 
@@ -141,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     trainer = LlamaTrainer(config)
     rank_zero_print(f"world size {trainer.world.size}, mesh {trainer.world.dims}")
     trainer.fit()
+    # One machine-readable line: the e2e tests compare a resumed run's final loss with an
+    # uninterrupted one's, exactly.
+    progress = next(c for c in trainer.callbacks.values() if isinstance(c, ProgressCallback))
+    rank_zero_print("summary " + json.dumps(progress.summary))
 
 
 if __name__ == "__main__":

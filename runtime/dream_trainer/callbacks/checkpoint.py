@@ -28,6 +28,7 @@ from dream_trainer.checkpoint.writer import checkpoint_reader, checkpoint_writer
 from dream_trainer.configs import CheckpointParameters
 from dream_trainer.contract import PREEMPTED_EXIT_CODE
 from dream_trainer.trainer.mixins.setup.setup import SetupMixin
+from dream_trainer.utils.rank_zero import rank_zero_print
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ class CheckpointCallback(Callback[SetupMixin]):
                                "checkpoint", url, type(err).__name__, err)
                 continue
             logger.info("resumed from %s at step %d", url, self.trainer.global_step)
+            # Printed too: a restarted job's log should say where it picked up.
+            rank_zero_print(f"resumed from {url} at step {self.trainer.global_step}")
             self.last_committed = url
             return
 

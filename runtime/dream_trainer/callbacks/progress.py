@@ -47,7 +47,7 @@ class ProgressCallback(Callback):
         self._tokens = self._window_tokens = 0
         self._loss_sum, self._loss_count = torch.zeros(()), 0
         self._last_loss = float("nan")
-        self._start_step = self.trainer.global_step
+        self._start_step: int | None = None
         self._total = self._total_steps()
 
     def _total_steps(self) -> int | None:
@@ -59,6 +59,8 @@ class ProgressCallback(Callback):
         return min(limits) if limits else None
 
     def pre_train_step(self, batch: Any, batch_idx: int) -> None:
+        if self._start_step is None:  # here, not in pre_fit: a resumed run starts past step 0
+            self._start_step = self.trainer.global_step
         tokens = _tokens_in(batch) * self.trainer.world.dp_size
         self._tokens += tokens
         self._window_tokens += tokens
@@ -82,7 +84,8 @@ class ProgressCallback(Callback):
         now = time.perf_counter()
         rate = self._window_tokens / max(now - self._window_start, 1e-9)
         total = self._total
-        done = step - self._start_step
+        start = step if self._start_step is None else self._start_step
+        done = step - start
         eta = ""
         if total is not None and done > 0:
             eta = f" | ETA {_duration((now - self._start) / done * (total - step))}"
@@ -101,8 +104,9 @@ class ProgressCallback(Callback):
         if self._loss_count:
             self._report(self.trainer.global_step)
         elapsed = time.perf_counter() - self._start
+        start = self.trainer.global_step if self._start_step is None else self._start_step
         self.summary = {
-            "steps": float(self.trainer.global_step - self._start_step),
+            "steps": float(self.trainer.global_step - start),
             "loss": self._last_loss,
             "tokens_per_second": self._tokens / max(elapsed, 1e-9),
             "seconds": elapsed,
