@@ -174,7 +174,7 @@ def test_deployment(default_docs):
     assert pod["securityContext"]["runAsUser"] == 65532
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
-    assert container["image"] == f"ghcr.io/example/dream-operator:{chart['appVersion']}"
+    assert container["image"] == f"ghcr.io/dream-trainer/operator:{chart['appVersion']}"
     sc = container["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532
