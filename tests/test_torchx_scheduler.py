@@ -357,7 +357,7 @@ def test_cli_run_status_log_cancel(cluster, tmp_path):
 
     run = torchx("run", "-s", "dreamtrainjob", "-cfg", f"namespace={NS},max_restarts=0",
                  "dream.trainer", "--script", "train.py", "--image", "dream:test", "--nnodes", "2",
-                 "--cpu", "1", "--memMB", "256", "--", "--steps", "5")
+                 "--nproc_per_node", "2", "--cpu", "1", "--memMB", "256", "--", "--steps", "5")
     assert run.returncode == 0, run.stderr
     handle = run.stdout.strip().splitlines()[-1]
     match = re.fullmatch(rf"dreamtrainjob://torchx/{NS}:(train-[a-z0-9]{{5}})", handle)
@@ -366,6 +366,7 @@ def test_cli_run_status_log_cancel(cluster, tmp_path):
     job = kubernetes.client.CustomObjectsApi(client).get_namespaced_custom_object(
         api.GROUP, api.VERSION, NS, api.PLURAL, name)
     assert job["spec"]["args"] == ["--steps", "5"] and job["spec"]["nodes"] == {"count": 2}
+    assert job["spec"]["nprocPerNode"] == 2
 
     names = running_pods(client, name, 2)
     sim.log(NS, names[0], "hello from rank 0\n")
@@ -377,3 +378,16 @@ def test_cli_run_status_log_cancel(cluster, tmp_path):
     cancel = torchx("cancel", handle)
     assert cancel.returncode == 0, cancel.stderr
     wait_for(lambda: not pods(client, name), what="pods of the cancelled job gone")
+
+
+def test_component_runs_locally_on_torchx_builtin_local_cwd(tmp_path):
+    """torchx's own schedulers stay usable, and a one-node dream.trainer app is a plain
+    ``torchrun --standalone`` there."""
+    (tmp_path / "hello.py").write_text(
+        "import os\nprint('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'])\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd", "dream.trainer",
+         "--script", "hello.py", "--nproc_per_node", "2"],
+        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0 and "rank 1 of 2" in output and "SUCCEEDED" in output, output

@@ -8,6 +8,8 @@ with one node the same app also runs locally (``torchx run -s local_cwd dream.tr
 
 No ``from __future__ import annotations`` here: torchx reads the parameters' types at run time to
 build the command line, and its linter (an AST check) accepts only ``Optional``/``Dict``/``List``.
+It converts ``Optional[int]`` arguments to nothing but strings, so optional numbers are plain ``int``
+with a sentinel default.
 """
 # ruff: noqa: UP006, UP035, UP045
 
@@ -26,14 +28,14 @@ def trainer(
     image: str = DEFAULT_IMAGE,
     name: Optional[str] = None,
     nnodes: str = "1",
-    nproc_per_node: Optional[int] = None,
+    nproc_per_node: int = 0,
     cpu: int = 2,
     gpu: int = 0,
     memMB: int = 8192,
     h: Optional[str] = None,
     env: Optional[Dict[str, str]] = None,
     checkpoint_uri: Optional[str] = None,
-    max_restarts: Optional[int] = None,
+    max_restarts: int = -1,
     mounts: Optional[List[str]] = None,
 ) -> specs.AppDef:
     """A dream-trainer training program on one or more nodes (one torchrun per node).
@@ -45,14 +47,14 @@ def trainer(
         image: the container image holding the program and dream-trainer
         name: the job's name (default: the script's or module's name); a unique suffix is added
         nnodes: number of nodes, or MIN:MAX for an elastic job
-        nproc_per_node: processes per node (default: the number of GPUs, else 1)
+        nproc_per_node: processes per node (0: the number of GPUs, else 1)
         cpu: CPUs per node
         gpu: GPUs per node (nvidia.com/gpu)
         memMB: memory per node in MiB
         h: a torchx named resource (overrides cpu, gpu and memMB)
         env: environment variables, e.g. LR=3e-4,SEED=1
         checkpoint_uri: where checkpoints live (s3://bucket/prefix, file://..., /path)
-        max_restarts: gang restarts before the job fails (default: the operator's)
+        max_restarts: gang restarts before the job fails (-1: the operator's default)
         mounts: type=bind|volume,src=...,dst=...[,readonly] mounts on every node
     """
     if (script is None) == (m is None):
@@ -74,7 +76,7 @@ def trainer(
     spec: Dict[str, object] = {}
     if checkpoint_uri is not None:
         spec["checkpoint"] = {"uri": checkpoint_uri}
-    if max_restarts is not None:
+    if max_restarts >= 0:
         spec["restartPolicy"] = {"maxRestarts": max_restarts}
     return specs.AppDef(
         name=name or stem,
@@ -87,7 +89,7 @@ def trainer(
                 env=dict(env or {}),
                 num_replicas=int(max_nodes),
                 min_replicas=int(min_nodes) if min_nodes != max_nodes else None,
-                max_retries=max_restarts or 0,
+                max_retries=max(max_restarts, 0),
                 resource=resource,
                 mounts=specs.parse_mounts(mounts) if mounts else [],
                 metadata={"dreamtrainjob.spec": spec} if spec else {},
