@@ -375,6 +375,8 @@ def test_cli_run_status_log_cancel(cluster, tmp_path):
     assert "State: RUNNING" in status.stdout, status.stdout
     log = torchx("log", f"{handle}/trainer/0")
     assert log.returncode == 0 and "hello from rank 0" in log.stdout, log.stderr
+    listed = torchx("list", "-s", "dreamtrainjob")
+    assert listed.returncode == 0 and handle in listed.stdout, listed.stdout + listed.stderr
     cancel = torchx("cancel", handle)
     assert cancel.returncode == 0, cancel.stderr
     wait_for(lambda: not pods(client, name), what="pods of the cancelled job gone")
