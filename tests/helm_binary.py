@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import importlib.metadata
 import os
+import platform
 import shutil
 import stat
 import tarfile
@@ -70,9 +71,12 @@ def helm_binary(cache_dir: Path | None = None) -> Path:
     override = os.environ.get(ENV_OVERRIDE)
     if override:
         path = Path(override)
-        if not os.access(path, os.X_OK):
-            raise HelmUnavailable(f"${ENV_OVERRIDE}={override} is not an executable")
+        if not os.access(path, os.X_OK):  # a mistake, not a missing tool: fail, do not skip
+            raise FileNotFoundError(f"${ENV_OVERRIDE}={override} is not an executable")
         return path
+    if (platform.system(), platform.machine().lower()) not in {("Linux", "x86_64"), ("Linux", "amd64")}:
+        raise HelmUnavailable(f"the packaged helm is linux/amd64 only; set ${ENV_OVERRIDE} to a helm "
+                              f"for {platform.system()}/{platform.machine()}")
     version, tgz = _packaged_tgz()
     directory = (cache_dir or default_cache_dir()) / version
     target = directory / "helm"
