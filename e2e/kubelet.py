@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dream_operator import proctree
 from dream_operator.localpod import ContainerConfigError, container_argv, container_env
 
 from .kubeapi.cluster import SimCluster, _condition, _node_ready, _terminated
@@ -124,6 +125,8 @@ class _Process:
     container: str
     node: str
     proc: subprocess.Popen[bytes]
+    tag: str
+    """Its :data:`~dream_operator.proctree.CONTAINER_TAG`: finds all of its processes."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     threads: list[threading.Thread] = field(default_factory=list)
     exiting: bool = False  # the leader exited and the group got SIGKILL: nothing more to signal
@@ -135,10 +138,13 @@ class _Process:
     killed: bool = False
 
     def signal(self, sig: int) -> bool:
-        """Signal the whole process group (never after the leader was reaped)."""
+        """Signal the process group (never after the leader was reaped); SIGKILL reaches every
+        process of the container, also those in sessions of their own (torchrun's workers)."""
         with self.lock:
             if self.exiting or self.reaped:
                 return False
+            if sig == signal.SIGKILL:
+                proctree.kill_tagged(self.tag)
             try:
                 os.killpg(self.proc.pid, sig)
             except (ProcessLookupError, PermissionError):
@@ -162,6 +168,7 @@ class ProcessCluster(SimCluster):
         self._procs: dict[str, dict[str, _Process]] = {}  # pod uid -> container name -> its latest process
         self._not_before: dict[str, float] = {}  # pod uid -> earliest next start attempt
         self._respawn: dict[tuple[str, str, str, str], float] = {}  # (ns, pod, uid, container) -> when
+        self._started = 0  # containers started: makes each one's tag unique
         self._log_lock = threading.Lock()
         self._lines: dict[tuple[str, str], list[tuple[float, str]]] = {}
         super().__init__(api, nodes, **simcluster_kwargs)
@@ -304,9 +311,12 @@ class ProcessCluster(SimCluster):
 
     def _spawn(self, pod: dict[str, Any], cname: str, env: dict[str, str], argv: list[str]) -> _Process:
         meta = pod["metadata"]
-        proc = subprocess.Popen(argv, env=env, cwd=self.workdir, start_new_session=True, stdin=subprocess.DEVNULL,
+        self._started += 1
+        tag = f"{meta['uid']}/{cname}/{self._started}"
+        proc = subprocess.Popen(argv, env={**env, proctree.CONTAINER_TAG: tag}, cwd=self.workdir,
+                                start_new_session=True, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        rec = _Process(meta["namespace"], meta["name"], meta["uid"], cname, pod["spec"]["nodeName"], proc)
+        rec = _Process(meta["namespace"], meta["name"], meta["uid"], cname, pod["spec"]["nodeName"], proc, tag)
         log.info("kubelet %s: started %s/%s[%s] pid %d: %s", rec.node, rec.namespace, rec.pod, cname, proc.pid, argv)
         self._procs.setdefault(rec.uid, {})[cname] = rec
         reader = threading.Thread(target=self._read, args=(rec,), name=f"kubelet-log-{rec.pod}", daemon=True)
@@ -345,11 +355,13 @@ class ProcessCluster(SimCluster):
                 os.killpg(pid, signal.SIGKILL)  # the container's other processes die with its main one
             except (ProcessLookupError, PermissionError):
                 pass
+            proctree.kill_tagged(rec.tag)  # also those that left the group (torchrun's workers)
             rec.exiting = True
         # SIGKILL is not instant, and "gone" must mean gone (ports, files, GPUs freed). The unreaped
         # leader keeps the group id from being reused meanwhile.
         deadline = time.monotonic() + 10
-        while (left := _group_members(pid)) and time.monotonic() < deadline:
+        while (left := sorted(set(_group_members(pid)) | set(proctree.tagged(rec.tag)))) \
+                and time.monotonic() < deadline:
             time.sleep(0.01)
         if left:
             log.warning("kubelet: processes %s of %s/%s outlived SIGKILL", left, rec.namespace, rec.pod)

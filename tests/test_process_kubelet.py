@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dream_operator import proctree
 
 from e2e.kubeapi import KubeAPI
 from e2e.kubelet import ProcessCluster, resolve_service_hosts
@@ -22,9 +23,10 @@ from e2e.kubelet import ProcessCluster, resolve_service_hosts
 NS = "default"
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 
+# The child leaves the process group, as torchrun's workers do: the kubelet must kill it anyway.
 SLEEPER = """
 import os, pathlib, subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
 pathlib.Path(sys.argv[1]).write_text(f"{os.getpid()} {child.pid}")
 print("ready", flush=True)
 time.sleep(60)
@@ -123,8 +125,8 @@ def test_environment_secrets_fields_and_dns(api: KubeAPI, cluster: ProcessCluste
     assert env["TOKEN"] == env["S_TOKEN"] == "s3cret" and env["S_USER"] == "me"
     assert env["MASTER"] == "127.0.0.1:29400" and env["OTHER"] == "example.svc.com"
     assert env["PATH"] == os.environ["PATH"] and "HOST_ONLY_VARIABLE" not in env
-    assert set(env) - {"POD", "GREETING", "TOKEN", "MASTER", "OTHER", "S_TOKEN", "S_USER", "HOSTNAME", "LC_CTYPE"} \
-        <= set(cluster.base_env)
+    assert set(env) - {"POD", "GREETING", "TOKEN", "MASTER", "OTHER", "S_TOKEN", "S_USER", "HOSTNAME", "LC_CTYPE",
+                       proctree.CONTAINER_TAG} <= set(cluster.base_env)
     # $(VAR) in args sees the container's variables only (HOME comes from the node, not the pod spec)
     assert seen["argv"] == ["--rdzv", "127.0.0.1:29400", "127.0.0.1", "$(HOME)"]
     assert seen["cwd"] == str(tmp_path)

@@ -55,3 +55,36 @@ def kill_tree(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
             except ProcessLookupError:
                 pass
         seen.update(targets)
+
+
+CONTAINER_TAG = "DREAM_LOCAL_CONTAINER_ID"
+"""Set in a local container's environment; every process it starts inherits it, even those that
+leave its process group or session, so :func:`tagged` finds them all (a stand-in for a cgroup)."""
+
+
+def tagged(value: str) -> list[int]:
+    """The live (non-zombie) processes whose environment has ``CONTAINER_TAG=value``."""
+    needle = f"{CONTAINER_TAG}={value}".encode() + b"\0"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                continue
+            if needle in (entry / "environ").read_bytes() + b"\0":
+                found.append(int(entry.name))
+        except OSError:  # exited, or not ours to read
+            continue
+    return found
+
+
+def kill_tagged(value: str, sig: signal.Signals = signal.SIGKILL) -> list[int]:
+    """Signal every process of the container tagged ``value``; returns their pids."""
+    targets = tagged(value)
+    for target in targets:
+        try:
+            os.kill(target, sig)
+        except ProcessLookupError:
+            pass
+    return targets
