@@ -32,12 +32,15 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ControllerSettings(
         workers=args.workers, resync_seconds=args.resync_seconds,
-        progress_port=args.progress_port, progress_interval_seconds=args.progress_interval_seconds,
+        rendezvous_port=args.rendezvous_port, progress_port=args.progress_port,
+        progress_interval_seconds=args.progress_interval_seconds,
         node_lost_after_seconds=args.node_lost_after_seconds,
         force_delete_after_seconds=args.force_delete_after_seconds,
     )
     config = OperatorConfig(settings=settings, kubeconfig=args.kubeconfig,
-                            lease_namespace=args.lease_namespace, lease_name=args.lease_name)
+                            lease_namespace=args.lease_namespace, lease_name=args.lease_name,
+                            lease_duration_seconds=args.lease_duration_seconds,
+                            lease_renew_seconds=min(5.0, args.lease_duration_seconds / 3))
     if args.metrics_port:
         start_http_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
@@ -60,10 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kubeconfig", help="default: in-cluster service account, else $KUBECONFIG")
     p.add_argument("--lease-namespace", default="default", help="namespace of the leader Lease")
     p.add_argument("--lease-name", default="dream-operator")
+    p.add_argument("--lease-duration-seconds", type=int, default=15,
+                   help="a new leader takes over this long after the old one stopped renewing")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics; 0 disables")
     p.add_argument("--health-port", type=int, default=8080, help="/healthz probe; 0 disables")
     p.add_argument("--workers", type=int, default=16, help="jobs reconciled concurrently")
     p.add_argument("--resync-seconds", type=float, default=60.0)
+    p.add_argument("--rendezvous-port", type=int, default=29400,
+                   help="torchrun c10d rendezvous port on node rank 0's pod")
     p.add_argument("--progress-port", type=int, default=8090, help="runtime progress port in pods")
     p.add_argument("--progress-interval-seconds", type=float, default=15.0)
     p.add_argument("--node-lost-after-seconds", type=float, default=0.0)
