@@ -19,8 +19,9 @@ import socket
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 @dataclass
-class Environment:
+class Environment(ABC):
     """What a test can do: kubectl, and the faults it injects."""
 
     kubeconfig: Path
@@ -124,29 +125,29 @@ class Environment:
             fs.rm(path, recursive=True)
 
     def s3_options(self) -> dict[str, Any]:
+        """s3fs options reaching the job's checkpoint store (default: this shell's AWS_*)."""
         return {}
 
     # ------------------------------------------------------------------ faults
+    @abstractmethod
     def kill_pod_processes(self, pod: str) -> None:
         """The pod's container dies at once (a crash, an OOM kill): exit 137."""
-        raise NotImplementedError
 
+    @abstractmethod
     def kill_node_of(self, pod: str) -> str:
         """The node under ``pod`` dies: NotReady, everything on it gone without a word."""
-        raise NotImplementedError
 
-    @contextmanager
-    def operator_down(self) -> Iterator[None]:
+    @abstractmethod
+    def operator_down(self) -> AbstractContextManager[None]:
         """The operator is killed (SIGKILL) for the block's duration, then started again."""
-        raise NotImplementedError
 
     def evict(self, pod: str) -> None:
         """Graceful deletion, as eviction or a drain does it: SIGTERM, then the grace period."""
         self.kubectl("delete", "pod", pod, "--wait=false")
 
+    @abstractmethod
     def log_lines(self, pod: str) -> list[tuple[float, str]]:
         """(arrival time, line) of the pod's output, for timing a restart."""
-        raise NotImplementedError
 
 
 @dataclass
@@ -254,9 +255,6 @@ class RealEnvironment(Environment):
     def create(cls) -> Iterator[RealEnvironment]:
         yield cls(kubeconfig=Path(os.environ["KUBECONFIG"]),
                   namespace=os.environ.get("DREAM_E2E_NAMESPACE", "default"))
-
-    def reset_checkpoints(self, uri: str) -> None:
-        super().reset_checkpoints(uri)  # AWS_* of this shell reach the same store
 
     def kill_pod_processes(self, pod: str) -> None:
         # The trainer processes, not PID 1 (torchrun): a kill from inside cannot stop PID 1.
