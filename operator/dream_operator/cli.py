@@ -8,18 +8,29 @@ import logging
 import sys
 from pathlib import Path
 
-from . import crd
+from . import crd, crd_docs
 
 
 def _crd(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    docs = Path(args.docs) if args.docs else None
     if args.check:
         stale = crd.stale(out)
         for name in stale:
             print(f"{out / name} differs from the API models; run `dream-operator crd`", file=sys.stderr)
-        return 1 if stale else 0
+        docs_stale = docs is not None and (
+            not docs.is_file() or docs.read_text() != crd_docs.reference_markdown()
+        )
+        if docs_stale:
+            print(f"{docs} differs from the API models; run `dream-operator crd --docs {docs}`",
+                  file=sys.stderr)
+        return 1 if stale or docs_stale else 0
     for path in crd.write(out):
         print(path)
+    if docs is not None:
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        docs.write_text(crd_docs.reference_markdown())
+        print(docs)
     return 0
 
 
@@ -55,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("crd", help="write crds/ from the pydantic API models")
     p.add_argument("--out", default="crds", help="directory (default: crds)")
     p.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
+    p.add_argument("--docs", metavar="PATH",
+                   help="also write the Markdown field reference there (docs/dreamtrainjob.md)")
     p.set_defaults(fn=_crd)
 
     p = sub.add_parser("run", help="run the operator")
