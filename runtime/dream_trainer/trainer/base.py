@@ -93,6 +93,8 @@ class BaseTrainer(AbstractTrainer):
         self.sanity_checking = False
         self._gradient_sync = True  # FSDP and DDP reduce gradients unless told otherwise
         self.last_validation_result: dict[str, float] = {}
+        self.stop_reason: str | None = None
+        """Set by :meth:`request_stop`: why training ends early (None: it does not)."""
 
     def _add_checkpointing_from_environment(self) -> None:
         """Under the operator (``DREAM_CHECKPOINT_URI`` set) a job checkpoints and resumes with
@@ -124,6 +126,19 @@ class BaseTrainer(AbstractTrainer):
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         """Evaluate one batch (gradients are off) and return a dict of scalar results."""
         raise TypeError(f"{type(self).__name__} must implement validation_step(batch, batch_idx)")
+
+    def request_stop(self, reason: str) -> None:
+        """Ask training to end cleanly at the next optimizer-step boundary (the current step
+        finishes; ``post_train_epoch``, ``post_epoch`` and ``post_fit`` still run, so a final
+        checkpoint is written). Typically called from a callback, e.g. early stopping.
+
+        Every rank must make the same request at the same step: the check is local, so a request
+        on one rank only would leave the others waiting in a collective. Decide from values that
+        are identical everywhere, such as the all-reduced validation results.
+        """
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            logger.info("stop requested at step %d: %s", self.global_step, reason)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -201,6 +216,8 @@ class BaseTrainer(AbstractTrainer):
             raise
 
     def _finished(self) -> bool:
+        if self.stop_reason is not None:
+            return True
         params = self.config.training_parameters
         if params.max_steps is not None and self.global_step >= params.max_steps:
             return True
@@ -282,6 +299,9 @@ class BaseTrainer(AbstractTrainer):
         for batch_idx, batch in enumerate(islice(batches, limit), start=start):
             if params.max_steps is not None and self.global_step >= params.max_steps:
                 completed = False
+                break
+            if self.stop_reason is not None and not self.local_batches % accumulation:
+                completed = False  # request_stop(): end at this step boundary
                 break
             batch = self._to_device(batch)
             stepping = not self.is_accumulating_gradients
