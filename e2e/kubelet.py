@@ -29,6 +29,9 @@ What a container gets:
 * **Logs.** Each output line goes to the store's pod log (``kubectl logs``,
   ``read_namespaced_pod_log``), to ``log_dir/<ns>_<pod>.log`` and to :meth:`pod_log_lines`
   (``(time.time(), line)`` pairs, kept per pod name across pod objects of that name).
+* **Termination message.** The file a kubelet mounts at ``terminationMessagePath`` is a host
+  file here (``log_dir/<ns>_<pod>_<container>.termination-log``), substituted wherever the
+  container's env names that path; its first 4096 bytes become ``state.terminated.message``.
 
 What the kubelet does with them:
 
@@ -77,6 +80,8 @@ from .kubeapi.errors import APIError
 from .kubeapi.store import rfc3339
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 
 BASE_ENV_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
 """The host variables a container gets by default: enough to find the same Python."""
@@ -305,6 +310,12 @@ class ProcessCluster(SimCluster):
 
         own = container_env(container, secrets=lookup("secrets"), config_maps=lookup("configmaps"), fields=fields)
         own = {k: resolve_service_hosts(v) for k, v in own.items()}
+        # A kubelet mounts a file at terminationMessagePath; here a host file stands in for it
+        # wherever the container's environment names that path.
+        mounted = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
+        host_file = self._termination_file(namespace, meta["name"], container["name"])
+        host_file.unlink(missing_ok=True)  # an earlier pod of the same name may have left one
+        own = {k: str(host_file) if v == mounted else v for k, v in own.items()}
         argv = [resolve_service_hosts(a) for a in container_argv(container, own)]
         env = {**self.base_env, "HOSTNAME": spec.get("hostname") or meta["name"], **own}
         return env, argv
@@ -383,6 +394,18 @@ class ProcessCluster(SimCluster):
     # -----------------------------------------------------------------------------------------
     # status (callers hold self._lock)
 
+    def _termination_file(self, namespace: str, pod: str, container: str) -> Path:
+        return self.log_dir / f"{namespace}_{pod}_{container}.termination-log"
+
+    def _termination_message(self, rec: _Process) -> str:
+        """What the container wrote to its terminationMessagePath (at most 4096 bytes, as a
+        kubelet keeps)."""
+        try:
+            with self._termination_file(rec.namespace, rec.pod, rec.container).open("rb") as file:
+                return file.read(4096).decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
     def _report(self, rec: _Process) -> None:
         """Report an exited container, unless nobody can or should (deferred while NotReady)."""
         if rec.reported or rec.exit_code is None:
@@ -410,7 +433,8 @@ class ProcessCluster(SimCluster):
         elif siblings:
             self._container_exited(pod, rec.container, code, reason)  # the phase waits for the others
         else:
-            self._finish(rec.namespace, rec.pod, code, reason, rec.container)
+            self._finish(rec.namespace, rec.pod, code, reason, rec.container,
+                         message=self._termination_message(rec))
         rec.reported = True  # not before: a failed write is retried on the next pass
 
     def _container_exited(self, pod: dict[str, Any], cname: str, code: int, reason: str) -> None:

@@ -53,12 +53,13 @@ def test_the_example_job_trains_and_succeeds(env: Environment,
     status = uninterrupted["status"]
     assert status["restarts"] == 0
     assert final_summary(uninterrupted["logs"])["steps"] == 120
-    # The status shows the last step the operator polled before the pods exited.
-    assert 0 < status["progress"]["step"] <= 120
+    # The last step and loss: from rank 0's termination message, after the pods exited.
+    assert status["progress"]["step"] == 120
+    assert 0 < status["progress"]["loss"] < 10  # rank 0's mean over the last 10 steps
     assert status["lastCheckpoint"].startswith("s3://dream-checkpoints/llama-s3/step_")
     assert RESUMED.search(uninterrupted["logs"]) is None  # a fresh start, nothing to resume
     table = env.kubectl("get", "dtj", JOB)
-    assert "Succeeded" in table
+    assert "Succeeded" in table and " 120 " in table
     described = env.kubectl("describe", "dtj", JOB)
     assert "AllWorkersSucceeded" in described
 

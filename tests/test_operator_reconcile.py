@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -9,6 +10,7 @@ from dream_operator import api
 from dream_operator.api import ConditionType, Phase, Reason
 from dream_operator.controller import merge_patch
 from dream_operator.group import desired_group
+from dream_operator.observe import pod_view
 from dream_operator.reconcile import (
     CreatePod,
     CreateService,
@@ -17,6 +19,7 @@ from dream_operator.reconcile import (
     Settings,
     backoff_seconds,
     reconcile,
+    with_final_progress,
     with_progress,
 )
 from operator_fixtures import T0, job, node, pod, ts, with_status
@@ -310,6 +313,36 @@ def test_all_workers_succeeded():
     assert cond(d.status, ConditionType.RUNNING).status == "False"
     done = decide(with_status(body, d.status), [pod("llama", 0, r, phase="Succeeded") for r in range(2)])
     assert done.actions == [] and done.events == [] and done.status.phase == Phase.SUCCEEDED
+
+
+def finished_pod(generation: int, rank: int, message: str) -> dict:
+    out = pod("llama", generation, rank, phase="Succeeded", exit_code=0)
+    out["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = message
+    return out
+
+
+def test_final_progress_comes_from_rank0s_termination_message():
+    """After the pods exit nobody serves /progress: the last step comes from the message the
+    runtime wrote to its terminationMessagePath, stable across reconciles."""
+    body, _ = running_job()
+    report = {"step": 120, "epoch": 1, "loss": 2.47, "last_checkpoint": "s3://b/step_120",
+              "updated": T0.timestamp() - 5}
+    pods = [finished_pod(0, 0, json.dumps(report)), finished_pod(0, 1, "")]
+    d = decide(body, pods)
+    assert d.status.phase == Phase.SUCCEEDED
+    assert (d.status.progress.step, d.status.progress.loss) == (120, 2.47)
+    assert d.status.progress.update_time == T0 - timedelta(seconds=5)
+    assert d.status.last_checkpoint == "s3://b/step_120"
+    again = decide(with_status(body, d.status), pods, now=T0 + timedelta(minutes=1))
+    assert again.status == d.status
+    # A message that is not a progress report with its time changes nothing.
+    for message in ("OOMKilled: out of memory", json.dumps({"step": 9}), json.dumps([1])):
+        other = decide(body, [finished_pod(0, r, message) for r in range(2)])
+        assert other.status.progress is None
+    # Nor does a message of an older group.
+    s = with_final_progress(d.status.model_copy(update={"group_generation": 1, "progress": None}),
+                            [pod_view(pods[0])])
+    assert s.progress is None
 
 
 def test_partial_success_waits_and_never_starts_stragglers():

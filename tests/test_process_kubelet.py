@@ -149,6 +149,14 @@ def test_exit_codes_and_logs_through_kubectl(api: KubeAPI, cluster: ProcessClust
     assert result.stdout == "hello\nworld\n"
 
 
+def test_termination_message_reaches_the_status(api: KubeAPI, cluster: ProcessCluster) -> None:
+    """The container writes to its terminationMessagePath (named in its env, as the operator's
+    pods do); the exit status carries it, as a real kubelet's does."""
+    code = "import os, pathlib; pathlib.Path(os.environ['FINAL']).write_text('step 120')"
+    api.store.create("pods", pod("final", code, env=[{"name": "FINAL", "value": "/dev/termination-log"}]), NS)
+    assert terminated(phase(api, "final", "Succeeded"))["message"] == "step 120"
+
+
 def test_graceful_delete_sends_sigterm_and_waits_for_the_exit(api: KubeAPI, cluster: ProcessCluster, tmp_path: Path) -> None:
     marker = tmp_path / "terminated"
     api.store.create("pods", pod("graceful", """

@@ -22,7 +22,7 @@ from dream_trainer.callbacks import (
 from dream_trainer.callbacks.progress_server import prometheus_text
 from dream_trainer.checkpoint.layout import checkpoint_name
 from dream_trainer.configs import CheckpointParameters
-from dream_trainer.contract import JOB_NAME, PROGRESS_PORT, RESTART_COUNT
+from dream_trainer.contract import JOB_NAME, PROGRESS_PORT, RESTART_COUNT, TERMINATION_LOG
 from toy import ToyTrainer, toy_config
 
 GAUGES = {"dream_trainer_step": "step", "dream_trainer_epoch": "epoch",
@@ -83,8 +83,9 @@ def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def test_serves_step_loss_and_metrics_while_training(monkeypatch) -> None:
+def test_serves_step_loss_and_metrics_while_training(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv(JOB_NAME, "llama-7b")
+    monkeypatch.setenv(TERMINATION_LOG, str(tmp_path / "termination-log"))
     monkeypatch.setenv(RESTART_COUNT, "3")
     server = ProgressServerCallback(port=0, every_n_steps=2)
     printer = ProgressCallback(every_n_steps=2, stream=io.StringIO())
@@ -125,6 +126,8 @@ def test_serves_step_loss_and_metrics_while_training(monkeypatch) -> None:
     assert final["phase"] == "finished"
     assert final["loss"] == pytest.approx(printer.summary["loss"], rel=1e-6)
     assert server.port is None  # shut down with fit()
+    # The final snapshot is the container's termination message (the operator reads it).
+    assert json.loads((tmp_path / "termination-log").read_text()) == final
 
 
 @pytest.mark.parametrize("kind", [CheckpointCallback, AsyncCheckpointCallback])

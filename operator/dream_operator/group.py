@@ -22,6 +22,10 @@ RDZV_ENDPOINT_ENV = "DREAM_RDZV_ENDPOINT"
 """``host:port`` of the rendezvous; torchrun's argument refers to it as ``$(DREAM_RDZV_ENDPOINT)``,
 which the kubelet expands, so a local runner can point it elsewhere."""
 
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+"""Where the trainer writes its final progress (``DREAM_TERMINATION_LOG``); the kubelet copies it
+into the pod's status (``state.terminated.message``) when the container exits."""
+
 TERMINATION_GRACE_SECONDS = 120
 """Time a worker gets after SIGTERM to finish its step and write an emergency checkpoint."""
 
@@ -86,6 +90,7 @@ def _env(job: api.DreamTrainJob, generation: int, settings: GroupSettings) -> li
         contract.JOB_UID: meta.uid,
         contract.RESTART_COUNT: str(generation),
         contract.PROGRESS_PORT: str(settings.progress_port),
+        contract.TERMINATION_LOG: TERMINATION_MESSAGE_PATH,
         RDZV_ENDPOINT_ENV: f"{rendezvous_host(job)}:{settings.rendezvous_port}",
     }
     if spec.checkpoint is not None:
@@ -126,6 +131,7 @@ def worker_pod(job: api.DreamTrainJob, generation: int, rank: int,
         "command": ["torchrun"],
         "args": torchrun_args(job, generation, settings),
         "env": _env(job, generation, settings),
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "ports": [
             {"name": "rendezvous", "containerPort": settings.rendezvous_port},
             {"name": "progress", "containerPort": settings.progress_port},

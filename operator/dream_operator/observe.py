@@ -33,6 +33,9 @@ class PodView:
     exit_code: int | None
     container_reason: str | None
     """The trainer container's termination reason, e.g. ``OOMKilled``, ``Error``."""
+    termination_message: str = ""
+    """What the trainer container wrote to its terminationMessagePath (rank 0: its final
+    progress as JSON, see ``dream_trainer.contract.TERMINATION_LOG``)."""
 
     @property
     def terminating(self) -> bool:
@@ -59,12 +62,14 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
     except (KeyError, ValueError):
         return None
     exit_code = container_reason = None
+    message = ""
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") == CONTAINER:
             terminated = (cs.get("state") or {}).get("terminated")
             if terminated:
                 exit_code = terminated.get("exitCode")
                 container_reason = terminated.get("reason")
+                message = terminated.get("message") or ""
     ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                 for c in status.get("conditions") or [])
     return PodView(
@@ -80,6 +85,7 @@ def pod_view(pod: dict[str, Any]) -> PodView | None:
         reason=status.get("reason"),
         exit_code=exit_code,
         container_reason=container_reason,
+        termination_message=message,
     )
 
 

@@ -13,9 +13,11 @@ before the new group is created after its backoff.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -138,6 +140,14 @@ def parse_status(raw: dict[str, Any] | None) -> api.DreamTrainJobStatus:
 def reconcile(job: dict[str, Any], pods: list[dict[str, Any]], nodes: list[dict[str, Any]],
               now: datetime, settings: Settings = Settings()) -> Decision:
     """What to do about ``job`` given its observed ``pods`` and the cluster's ``nodes``."""
+    decision = _reconcile(job, pods, nodes, now, settings)
+    views = (v for v in map(pod_view, pods) if v is not None)
+    decision.status = with_final_progress(decision.status, views)
+    return decision
+
+
+def _reconcile(job: dict[str, Any], pods: list[dict[str, Any]], nodes: list[dict[str, Any]],
+               now: datetime, settings: Settings) -> Decision:
     status = parse_status(job.get("status"))
     views = sorted((v for v in map(pod_view, pods) if v is not None), key=lambda v: (v.generation, v.rank))
     node_views = {n.name: n for n in map(node_view, nodes)}
@@ -438,3 +448,22 @@ def with_progress(status: api.DreamTrainJobStatus, report: Any, now: datetime) -
     if isinstance(checkpoint, str) and checkpoint:
         changes["last_checkpoint"] = checkpoint
     return _with(status, **changes)
+
+
+def with_final_progress(status: api.DreamTrainJobStatus,
+                        pods: Iterable[PodView]) -> api.DreamTrainJobStatus:
+    """The status updated with the final progress that rank 0 of the current group wrote as its
+    termination message (nobody serves ``/progress`` after the containers exit). The report's own
+    ``updated`` time is the update time, so reconciling again changes nothing."""
+    for view in pods:
+        if view.generation != status.group_generation or not view.termination_message:
+            continue
+        try:
+            report = json.loads(view.termination_message)
+        except ValueError:
+            continue
+        updated = report.get("updated") if isinstance(report, dict) else None
+        if isinstance(updated, (int, float)) and not isinstance(updated, bool) \
+                and math.isfinite(updated) and updated > 0:
+            return with_progress(status, report, datetime.fromtimestamp(updated, UTC))
+    return status

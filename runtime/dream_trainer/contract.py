@@ -24,8 +24,14 @@ CHECKPOINT_URI = "DREAM_CHECKPOINT_URI"
 PROGRESS_PORT = "DREAM_PROGRESS_PORT"
 """Port of the rank-0 progress endpoint that the operator polls (and Prometheus may scrape)."""
 
+TERMINATION_LOG = "DREAM_TERMINATION_LOG"
+"""File that rank 0 writes its final progress to (JSON, as served by ``/progress``) when training
+ends: the container's ``terminationMessagePath``, so Kubernetes keeps it in the pod's status and
+the operator can show the last step after the pods have exited."""
+
 PREEMPTED_EXIT_CODE = 143
 """Exit status of a worker that was asked to stop (SIGTERM: eviction, node drain) and wrote its
 emergency checkpoint (128 + SIGTERM, as a shell reports it). The group should be restarted."""
 
-ALL = (JOB_NAME, JOB_NAMESPACE, JOB_UID, RESTART_COUNT, CHECKPOINT_URI, PROGRESS_PORT)
+ALL = (JOB_NAME, JOB_NAMESPACE, JOB_UID, RESTART_COUNT, CHECKPOINT_URI, PROGRESS_PORT,
+       TERMINATION_LOG)

@@ -20,7 +20,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from dream_trainer.callbacks.callback import RankZeroCallback
-from dream_trainer.contract import JOB_NAME, PROGRESS_PORT, RESTART_COUNT
+from dream_trainer.contract import JOB_NAME, PROGRESS_PORT, RESTART_COUNT, TERMINATION_LOG
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,19 @@ class ProgressServerCallback(RankZeroCallback):
         self._refresh_loss(wait=True)
         self._publish("finished")
         self._stop()
+        self._write_termination_log()
+
+    def _write_termination_log(self) -> None:
+        """The final snapshot to ``$DREAM_TERMINATION_LOG`` (the container's termination message):
+        the operator reads it from the pod's status once nobody serves ``/progress`` any more."""
+        path = os.environ.get(TERMINATION_LOG)
+        if not path:
+            return
+        try:
+            with open(path, "w") as file:
+                json.dump(self.snapshot(), file)
+        except OSError as error:  # reporting progress must not fail a finished training
+            logger.warning("cannot write the final progress to %s: %s", path, error)
 
     def on_interrupt(self) -> None:
         self._stop()
