@@ -26,7 +26,8 @@ turns (their content and whatever the template puts after it up to the next turn
 How the response tokens are found:
 
 - a template with ``{% generation %}...{% endgeneration %}`` markers: transformers'
-  ``return_assistant_tokens_mask``;
+  ``return_assistant_tokens_mask`` (transformers >= 4.43; older ones render without the markers,
+  as below);
 - any other template is rendered incrementally: for the assistant message ``k`` the text of
   ``messages[:k]`` with the generation prompt and of ``messages[:k+1]`` bound the response, and
   the conversation is tokenised piece by piece at those boundaries, so a token never straddles a
@@ -36,6 +37,7 @@ How the response tokens are found:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -93,6 +95,7 @@ its own line, and assistant messages end with EOS. The loss covers ``Hello.[EOS]
 """
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_GENERATION_TAGS = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -322,12 +325,20 @@ def conversation_segments(tokenizer: PreTrainedTokenizerBase, messages: list[dic
                 "messages[:k] plus the generation prompt is not a prefix of the text of "
                 "messages[:k+1], or that not a prefix of the whole), so the response tokens "
                 "cannot be located",
-                "mark responses with {% generation %}...{% endgeneration %} in the template, "
-                "or pass chat_template=False for the plain template")
+                "mark responses with {% generation %}...{% endgeneration %} in the template "
+                "(transformers >= 4.43), or pass chat_template=False for the plain template")
         pieces += [(full[cursor:len(before)], False), (full[len(before):len(upto)], True)]
         cursor = len(upto)
     pieces.append((full[cursor:], False))
     return [(text, is_response) for text, is_response in pieces if text]
+
+
+def _supports_assistant_mask(tokenizer: PreTrainedTokenizerBase) -> bool:
+    try:
+        parameters = inspect.signature(tokenizer.apply_chat_template).parameters
+    except (TypeError, ValueError):
+        return False
+    return "return_assistant_tokens_mask" in parameters
 
 
 def tokenize_conversations(tokenizer: PreTrainedTokenizerBase,
@@ -337,6 +348,9 @@ def tokenize_conversations(tokenizer: PreTrainedTokenizerBase,
     """``(input_ids, labels)`` for each conversation (not truncated); labels are
     :data:`IGNORE_INDEX` outside the assistant turns."""
     indices = list(indices) if indices is not None else list(range(len(conversations)))
+    if _GENERATION_TAG.search(template) and not _supports_assistant_mask(tokenizer):
+        # transformers < 4.43 does not know the tag: render without it, incrementally.
+        template = _GENERATION_TAGS.sub("", template)
     if _GENERATION_TAG.search(template):
         out = []
         for messages, index in zip(conversations, indices, strict=True):
