@@ -86,6 +86,11 @@ class EarlyStoppingCallback(Callback):
             self._check(result, "training epoch results")
 
     def pre_fit(self) -> None:
+        if self.check_on == "validation" and getattr(self.trainer, "val_dataloader", None) is None:
+            logger.warning("EarlyStoppingCallback watches validation results, but %s has no "
+                           "val_dataloader: it will never stop training (use "
+                           "check_on='train_epoch' to watch training results)",
+                           type(self.trainer).__name__)
         # After a resume (loaded before or during pre_fit), a run that had already stopped stays
         # stopped unless patience was raised.
         self._stop_if_exhausted()
