@@ -130,7 +130,8 @@ def find_learning_rate(trainer: Any, min_lr: float = 1e-7, max_lr: float = 10.0,
     PNG of the curve there (needs matplotlib).
 
     ``trainer`` must be set up (``trainer.configure(); trainer.setup()``, or inside ``fit()`` via
-    :class:`LRFinderCallback`); a trainer that is not gets set up here.
+    :class:`LRFinderCallback`); a trainer that is not gets set up here (a later ``fit()`` builds
+    everything anew, so pass the suggestion to a fresh config, or use the callback).
     """
     require_number(f"{_NAME}.min_lr", min_lr, minimum=0.0)
     require_number(f"{_NAME}.max_lr", max_lr, minimum=0.0)
