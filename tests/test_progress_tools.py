@@ -172,6 +172,26 @@ def test_model_summary_counts_by_hand() -> None:
     assert llama.params == TOY_PARAMS == 64 * 32 + 2 * layer + 32 + 32 * 64
 
 
+def test_placement_labels_for_ddp_and_hsdp() -> None:
+    from dream_trainer.configs import DeviceParameters
+    from dream_trainer.parallel import apply_ddp
+    from dream_trainer.world import DistributedWorld
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    DistributedWorld(DeviceParameters.SINGLE_DEVICE())  # a world of one, if none yet
+    ddp = apply_ddp(Tiny(), init_device_mesh("cpu", (1,), mesh_dim_names=("dp",)))
+    assert {r.parallel for r in summarize_model(ddp).rows} == {"DDP"}
+    mesh = init_device_mesh("cpu", (1, 1), mesh_dim_names=("dp_replicate", "dp_shard"))
+    hsdp = Tiny()
+    hsdp.proj.float()  # FSDP needs one dtype per unit
+    fully_shard(hsdp.proj, mesh=mesh)
+    fully_shard(hsdp, mesh=mesh)
+    summary = summarize_model(hsdp)
+    assert {r.parallel for r in summary.rows} == {"HSDP(dp_replicate=1, dp_shard=1)"}
+    assert summary.params == 66 and summary.type == "FSDPTiny"
+
+
 def _toy_llama() -> nn.Module:
     from dream_trainer.models import Llama
     from toy import ARGS
@@ -298,8 +318,8 @@ def test_gc_collects_every_n_steps_only() -> None:
 def test_gc_state_is_restored() -> None:
     gc.disable()
     try:
-        ToyTrainer(toy_config(steps=1, batch=2,
-                              callbacks=[GarbageCollectionCallback(2, collect_at_start=False)])).fit()
+        callback = GarbageCollectionCallback(2, collect_at_start=False)
+        ToyTrainer(toy_config(steps=1, batch=2, callbacks=[callback])).fit()
         assert not gc.isenabled()  # it was off before: stays off
     finally:
         gc.enable()
