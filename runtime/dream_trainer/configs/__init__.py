@@ -4,6 +4,7 @@ from dream_trainer.configs.checkpoint import CheckpointParameters
 from dream_trainer.configs.device import MESH_DIMS, DeviceParameters, ParallelDims
 from dream_trainer.configs.errors import ConfigError
 from dream_trainer.configs.training import TrainingParameters
+from dream_trainer.configs.wandb_parameters import WandBParameters
 
 __all__ = [
     "MESH_DIMS",
@@ -12,4 +13,5 @@ __all__ = [
     "DeviceParameters",
     "ParallelDims",
     "TrainingParameters",
+    "WandBParameters",
 ]

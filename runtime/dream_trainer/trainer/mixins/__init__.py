@@ -1,5 +1,13 @@
 """Trainer mixins: compose the features a trainer needs."""
 
+from dream_trainer.trainer.mixins.eval_metric import EvalMetricConfigMixin, EvalMetricMixin
+from dream_trainer.trainer.mixins.loggers import (
+    LocalLoggerConfigMixin,
+    LocalLoggerMixin,
+    LoggerMixin,
+    WandBLoggerConfigMixin,
+    WandBLoggerMixin,
+)
 from dream_trainer.trainer.mixins.quantize import (
     ExcludeModuleByName,
     ExcludeSubmodules,
@@ -31,3 +39,5 @@ __all__ = [
     "SetupConfigMixin",
     "SetupMixin",
 ]
+__all__ += ["EvalMetricConfigMixin", "EvalMetricMixin", "LocalLoggerConfigMixin",
+            "LocalLoggerMixin", "LoggerMixin", "WandBLoggerConfigMixin", "WandBLoggerMixin"]
