@@ -7,10 +7,12 @@ collects world, mesh, device, precision, batch sizes, schedule, callbacks and ch
 :class:`ModelSummaryCallback` prints both on global rank 0 in ``pre_fit`` (after setup, so
 models are sharded and dataloaders exist)::
 
-    model 'model' (Llama): 26,912 parameters (26,912 trainable), 13,456 on this rank
-    module        type        params  trainable  local   dtype    parallel
-    tok_embeddings  Embedding  2,048  2,048      1,024   float32  FSDP(dp_shard=2)
-    ...
+    model 'model' (FSDPLlama): 61,600 parameters (61,600 trainable), 30,800 on this rank
+    module          type        params  trainable   local  dtype    parallel
+    tok_embeddings  Embedding    2,048      2,048   1,024  float32  FSDP(dp_shard_cp=2)
+    layers          ModuleDict  57,472     57,472  28,736  float32  FSDP(...) (2 FSDP units)
+    norm            RMSNorm         32         32      16  float32  FSDP(dp_shard_cp=2)
+    output          Linear       2,048      2,048   1,024  float32  FSDP(dp_shard_cp=2)
 """
 
 from __future__ import annotations
