@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +44,21 @@ class LogExtras(Callback):
 
 # ---------------------------------------------------------------------------------- local
 def test_local_run_writes_metrics_and_loss_curve(tmp_path) -> None:
-    config = metric_config(steps=6, val_every=3, log_dir=str(tmp_path), callbacks=[
-        LoggerCallback(log_every_n_train_batches=2), LogExtras()])
+    source = tmp_path / "src"
+    for name in ("train.py", "pkg/model.py", ".git/hook.py", "pkg/__pycache__/m.py", "notes.txt"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text("# code\n")
+    logs = tmp_path / "logs"
+    config = metric_config(steps=6, val_every=3, log_dir=str(logs), callbacks=[
+        LoggerCallback(log_every_n_train_batches=2, log_every_n_val_batches=3, code_dir=source),
+        LogExtras()])
     trainer = MetricTrainer(config)
     trainer.fit()
-    rows = rows_of(tmp_path / "metrics.jsonl")
+    with tarfile.open(logs / "code.tar.gz") as archive:
+        assert sorted(archive.getnames()) == ["pkg/model.py", "train.py"]
+    rows = rows_of(logs / "metrics.jsonl")
+    # 6 validation batches: the mean of each 3, twice per validation
+    assert [r["step"] for r in rows if "val_batch/val_loss" in r] == [3, 3, 6, 6]
     train = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in train] == [2, 4, 6]
     assert all({"train/grad_norm", "lr/optimizer/0", "time"} <= set(r) for r in train)
@@ -56,26 +67,38 @@ def test_local_run_writes_metrics_and_loss_curve(tmp_path) -> None:
     assert [r["step"] for r in val] == [3, 6]  # sanity validation is not logged
     assert val[-1]["val_loss"] == pytest.approx(trainer.last_validation_result["val_loss"])
     assert val[-1]["val_accuracy"] == trainer.last_validation_result["val_accuracy"]
-    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    csv_lines = (logs / "metrics.csv").read_text().splitlines()
     assert csv_lines[0] == "step,time,name,value"
     assert len(csv_lines) - 1 == sum(len(r) - 2 for r in rows)  # one line per value
-    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 0.1
-    png = (tmp_path / "loss_curve.png").read_bytes()
+    assert all(set(r) == {"step", "time", "val_batch/val_loss"} for r in rows
+               if "val_batch/val_loss" in r)
+    assert json.loads((logs / "config.json").read_text())["lr"] == 0.1
+    png = (logs / "loss_curve.png").read_bytes()
     assert png[:8] == PNG_MAGIC and len(png) > 10_000
-    assert Image.open(tmp_path / "loss_curve.png").size[0] > 300
+    assert Image.open(logs / "loss_curve.png").size[0] > 300
     # the extras
-    grid = Image.open(tmp_path / "images" / "samples" / "grid" / "step_000000006.png")
+    grid = Image.open(logs / "images" / "samples" / "grid" / "step_000000006.png")
     assert grid.size == (8 + 2 + 8, 8) and grid.mode == "RGB"
-    histogram = rows_of(tmp_path / "histograms.jsonl")[0]
+    histogram = rows_of(logs / "histograms.jsonl")[0]
     assert histogram["name"] == "weights/head" and sum(histogram["counts"]) == 4 * 16
-    table = (tmp_path / "tables" / "predictions" / "step_000000006.csv").read_text()
+    table = (logs / "tables" / "predictions" / "step_000000006.csv").read_text()
     assert table.splitlines() == ["x,y", "1,a", "2.5,b"]
 
 
+class MicroBatchLosses(Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def post_train_step(self, result: dict[str, Any], batch_idx: int) -> None:
+        self.losses.append(float(result["loss"].detach()))
+
+
 def test_accumulation_means_and_a_fresh_run_truncates(tmp_path) -> None:
+    recorder = MicroBatchLosses()
+
     def run() -> list[dict[str, Any]]:
         config = metric_config(steps=3, val_every=None, log_dir=str(tmp_path), with_metrics=False,
-                               callbacks=[LoggerCallback(log_every_n_train_batches=2)])
+                               callbacks=[LoggerCallback(log_every_n_train_batches=2), recorder])
         config.training_parameters.gradient_accumulation_steps = 2
         config.training_parameters.train_batch_size = 4
         config.training_parameters.val_batch_size = 4
@@ -83,8 +106,12 @@ def test_accumulation_means_and_a_fresh_run_truncates(tmp_path) -> None:
         return rows_of(tmp_path / "metrics.jsonl")
 
     first = run()
-    # steps 2 and the last, partial window (step 3) at post_fit
+    # steps 2 and the last, partial window (step 3) at post_fit; each the mean of its micro-batches
     assert [r["step"] for r in first] == [2, 3]
+    losses = recorder.losses
+    assert len(losses) == 6
+    assert first[0]["train/loss"] == pytest.approx(sum(losses[:4]) / 4, rel=1e-6)
+    assert first[1]["train/loss"] == pytest.approx(sum(losses[4:]) / 2, rel=1e-6)
     second = run()
     assert [r["step"] for r in second] == [2, 3]  # truncated, not appended
     assert second[0]["train/loss"] == pytest.approx(first[0]["train/loss"])

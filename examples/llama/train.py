@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 from dream_trainer import DreamTrainer, DreamTrainerConfig
-from dream_trainer.callbacks import CallbackCollection, CheckpointCallback, ProgressCallback
+from dream_trainer.callbacks import (
+    CallbackCollection,
+    CheckpointCallback,
+    LoggerCallback,
+    ProgressCallback,
+)
 from dream_trainer.configs import CheckpointParameters, DeviceParameters, TrainingParameters
 from dream_trainer.data import ByteTextDataset, read_corpus
 from dream_trainer.models import Llama, LlamaArgs
@@ -115,7 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_config(args: argparse.Namespace) -> LlamaTrainerConfig:
-    callbacks: list = [ProgressCallback(every_n_steps=args.log_every)]
+    # LoggerCallback: metrics.jsonl/.csv and, at the end, loss_curve.png in runs/<job or experiment>
+    callbacks: list = [ProgressCallback(every_n_steps=args.log_every),
+                       LoggerCallback(log_every_n_train_batches=max(1, args.log_every // 5))]
     if args.checkpoint_every is not None:
         callbacks.append(CheckpointCallback(CheckpointParameters(
             checkpoint_every_n_steps=args.checkpoint_every, checkpoint_every_n_epochs=None)))
@@ -130,6 +137,7 @@ def make_config(args: argparse.Namespace) -> LlamaTrainerConfig:
     else:
         device = DeviceParameters.FSDP(**common)
     return LlamaTrainerConfig(
+        experiment="llama",  # runs/llama when run without a job manifest
         model=LlamaArgs(dim=args.dim, n_layers=args.layers, n_heads=max(1, args.dim // 32),
                         max_seq_len=args.seq_len),
         sequence_length=args.seq_len,

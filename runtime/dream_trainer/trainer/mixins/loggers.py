@@ -342,9 +342,10 @@ class LocalLoggerConfigMixin:
     """Config fields of :class:`LocalLoggerMixin`."""
 
     log_dir: str | None = None
-    """The run directory. None: ``./logs/<$DREAM_JOB_NAME>`` under the operator (in a pod that is
-    the container's filesystem, gone with the pod: set a mounted volume's path to keep it), else
-    ``./logs/<experiment>``."""
+    """The run directory. None: ``./runs/<$DREAM_JOB_NAME>`` under the operator and
+    ``dream-trainer run JOB.yaml`` (in a pod that is the container's filesystem, gone with the
+    pod: set a mounted volume's path to keep it), else ``./runs/<experiment>``. (``runs/`` is in
+    the repository's .gitignore.)"""
     plot_loss_curve: bool = True
     """Write ``loss_curve.png`` (training loss against step, validation loss as points) at the
     end of training, from what was logged (needs matplotlib)."""
@@ -353,7 +354,7 @@ class LocalLoggerConfigMixin:
         name = type(self).__name__
         if self.log_dir is not None and (not isinstance(self.log_dir, str) or not self.log_dir):
             raise ConfigError(f"{name}.log_dir", self.log_dir, "expected a non-empty str or None",
-                              "pass a directory such as './logs/my-run', or None for the default")
+                              "pass a directory such as './runs/my-run', or None for the default")
         require_bool(f"{name}.plot_loss_curve", self.plot_loss_curve)
         if hasattr(super(), "__post_init__"):
             super().__post_init__()  # type: ignore[misc]
@@ -389,7 +390,7 @@ class LocalLoggerMixin(LoggerMixin):
         if configured:
             return Path(configured)
         name = os.environ.get(JOB_NAME) or getattr(self.config, "experiment", None) or "run"
-        return Path("logs") / _safe_name(name.replace("/", "_"))
+        return Path("runs") / _safe_name(name.replace("/", "_"))
 
     def _local(self) -> _LocalFiles:
         files = self.__dict__.get("_local_files")
