@@ -14,10 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from dream_trainer.callbacks import Callback, LoggerCallback
-from dream_trainer.configs import ConfigError, WandBParameters
+from dream_trainer import BaseTrainer, BaseTrainerConfig
+from dream_trainer.callbacks import Callback, CheckpointCallback, LoggerCallback
+from dream_trainer.configs import CheckpointParameters, ConfigError, WandBParameters
 from dream_trainer.trainer.mixins import (
+    EvalMetricConfigMixin,
+    EvalMetricMixin,
     LocalLoggerConfigMixin,
+    SetupConfigMixin,
+    SetupMixin,
     WandBLoggerConfigMixin,
     WandBLoggerMixin,
 )
@@ -248,12 +253,15 @@ def test_wandb_offline_run(tmp_path, monkeypatch) -> None:
                        "WANDB_RUN_GROUP": "env-group", "WANDB_CONSOLE": "off",
                        "WANDB_SILENT": "true"}.items():
         monkeypatch.setenv(key, value)
-    base = metric_config(steps=4, val_every=2, callbacks=[LoggerCallback(1), LogExtras()])
+    checkpoint = CheckpointCallback(CheckpointParameters(
+        root_dir=str(tmp_path / "ckpt"), checkpoint_every_n_epochs=None))
+    base = metric_config(steps=4, val_every=2,
+                         callbacks=[LoggerCallback(1), LogExtras(), checkpoint])
     config = WandBConfig(**{k: getattr(base, k) for k in ("device_parameters",
                                                            "training_parameters", "callbacks")},
                          log_dir=str(tmp_path / "local"),
                          wandb_parameters=WandBParameters(dir=str(tmp_path), tags=["test"],
-                                                          log_artifacts=True))
+                                                          log_artifacts=True, log_model=True))
     trainer = WandBTrainer(config)
     trainer.fit()
     assert "_wandb_run" not in vars(trainer)  # finished
@@ -282,3 +290,25 @@ def test_wandb_offline_run(tmp_path, monkeypatch) -> None:
     assert exit_record.exit_code == 0
     artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     assert any(a.type == "run-logs" for a in artifacts)  # the local run dir, loss curve included
+    [model] = [a for a in artifacts if a.type == "model"]  # the last checkpoint, by reference
+    assert json.loads(model.metadata)["uri"].endswith("step_000000004")
+
+
+@dataclass(kw_only=True)
+class SeedConfig(BaseTrainerConfig, SetupConfigMixin, EvalMetricConfigMixin,
+                 WandBLoggerConfigMixin):
+    pass
+
+
+class SeedTrainer(BaseTrainer, SetupMixin, EvalMetricMixin, WandBLoggerMixin):
+    """Seed 002's composition: no local logger, W&B only."""
+
+
+def test_seed_composition_logs_to_wandb_only(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.chdir(tmp_path)
+    trainer = SeedTrainer(SeedConfig(wandb_parameters=WandBParameters(mode="disabled")))
+    trainer.log_scalar("train/loss", torch.tensor(1.5))
+    assert trainer.wandb_run.summary["train/loss"] == 1.5
+    trainer.finish_logging()
+    assert list(tmp_path.iterdir()) == []  # nothing local
