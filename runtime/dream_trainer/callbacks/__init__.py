@@ -10,6 +10,22 @@ _LAZY = {
     "CheckpointCallback": "dream_trainer.callbacks.checkpoint",
     "AsyncCheckpointCallback": "dream_trainer.callbacks.async_checkpoint",
     "ExportCallback": "dream_trainer.callbacks.export",
+    "LoggerCallback": "dream_trainer.callbacks.logger",
+    # Training utilities
+    "EarlyStoppingCallback": "dream_trainer.callbacks.early_stopping",
+    "EMACallback": "dream_trainer.callbacks.ema",
+    "BestModelCallback": "dream_trainer.callbacks.best_model",
+    "best_checkpoint": "dream_trainer.callbacks.best_model",
+    "LRFinderCallback": "dream_trainer.callbacks.lr_finder",
+    "LRFinderResult": "dream_trainer.callbacks.lr_finder",
+    "find_learning_rate": "dream_trainer.callbacks.lr_finder",
+    "set_learning_rate": "dream_trainer.callbacks.lr_finder",
+    # Progress, summaries, gc, profiling, benchmarking
+    "ProgressBarCallback": "dream_trainer.callbacks.progress_bar",
+    "ModelSummaryCallback": "dream_trainer.callbacks.summary",
+    "GarbageCollectionCallback": "dream_trainer.callbacks.garbage_collection",
+    "ProfilerCallback": "dream_trainer.callbacks.profiler",
+    "BenchmarkCallback": "dream_trainer.callbacks.benchmark",
 }
 
 
@@ -25,3 +41,8 @@ def __getattr__(name: str) -> object:
 __all__ = ["HOOKS", "AsyncCheckpointCallback", "Callback", "CallbackCollection",
            "CheckpointCallback", "ExportCallback", "OptimizeFSDP", "ProgressCallback",
            "ProgressServerCallback", "RankZeroCallback"]
+__all__ += ["BestModelCallback", "EMACallback", "EarlyStoppingCallback", "LRFinderCallback",
+            "LRFinderResult", "best_checkpoint", "find_learning_rate", "set_learning_rate"]
+__all__ += ["LoggerCallback"]
+__all__ += ["BenchmarkCallback", "GarbageCollectionCallback", "ModelSummaryCallback",
+            "ProfilerCallback", "ProgressBarCallback"]
