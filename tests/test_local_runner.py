@@ -114,6 +114,11 @@ def test_a_killed_node_restarts_the_group_and_resumes_exactly(tmp_path: Path) ->
     logs = sorted(p.name for p in (tmp_path / "faulty").glob("node-*.log"))
     assert logs == ["node-0.g0.log", "node-0.g1.log", "node-1.g0.log", "node-1.g1.log"]
     assert (tmp_path / "faulty" / "checkpoints").is_dir()
+    # The trainer's metrics and loss curve, next to the logs, covering both attempts.
+    steps = {row["step"] for row in map(json.loads,
+                                        (tmp_path / "faulty" / "metrics.jsonl").open())}
+    assert {10, 20, 30, 40} <= steps
+    assert (tmp_path / "faulty" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_restarts_run_out_and_the_job_fails(tmp_path: Path) -> None:

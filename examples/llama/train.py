@@ -120,7 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_config(args: argparse.Namespace) -> LlamaTrainerConfig:
-    # LoggerCallback: metrics.jsonl/.csv and, at the end, loss_curve.png in runs/<job or experiment>
+    # LoggerCallback: metrics.jsonl/.csv and, at the end, loss_curve.png in $DREAM_LOG_DIR (the
+    # local runner's run directory) or runs/<job or experiment>
     callbacks: list = [ProgressCallback(every_n_steps=args.log_every),
                        LoggerCallback(log_every_n_train_batches=max(1, args.log_every // 5))]
     if args.checkpoint_every is not None:

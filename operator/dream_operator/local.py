@@ -88,9 +88,11 @@ class NodeCommand:
 
 
 def node_commands(job: api.DreamTrainJob, generation: int, checkpoint_uri: str,
-                  settings: group.GroupSettings,
-                  base_env: dict[str, str] | None = None) -> list[NodeCommand]:
-    """What each node runs in group ``generation``: the pod's container, localised."""
+                  settings: group.GroupSettings, base_env: dict[str, str] | None = None,
+                  log_dir: str | None = None) -> list[NodeCommand]:
+    """What each node runs in group ``generation``: the pod's container, localised (with
+    ``$DREAM_LOG_DIR`` = ``log_dir``, so the trainer's metrics and loss curve land next to the
+    nodes' logs)."""
     _, pods = group.desired_group(job, generation, settings)
     commands = []
     for pod in pods:
@@ -101,6 +103,8 @@ def node_commands(job: api.DreamTrainJob, generation: int, checkpoint_uri: str,
         env = localpod.container_env(container)
         env[group.RDZV_ENDPOINT_ENV] = f"127.0.0.1:{settings.rendezvous_port}"
         env[contract.CHECKPOINT_URI] = checkpoint_uri
+        if log_dir is not None:
+            env.setdefault(contract.LOG_DIR, log_dir)  # the manifest's own choice wins
         argv = localpod.container_argv(container, env)
         if argv[0] == "torchrun":  # the same torch as this runner's, whatever PATH says
             argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
@@ -171,7 +175,7 @@ class LocalRunner:
         settings = group.GroupSettings(rendezvous_port=free_port(), progress_port=free_port())
         nodes = []
         for command in node_commands(self.job, generation, self.checkpoint_uri, settings,
-                                     self.base_env):
+                                     self.base_env, str(self.run_dir.resolve())):
             process = subprocess.Popen(command.argv, env=command.env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, start_new_session=True)
             reader = threading.Thread(target=self._forward,

@@ -29,6 +29,12 @@ TERMINATION_LOG = "DREAM_TERMINATION_LOG"
 ends: the container's ``terminationMessagePath``, so Kubernetes keeps it in the pod's status and
 the operator can show the last step after the pods have exited."""
 
+LOG_DIR = "DREAM_LOG_DIR"
+"""Where the local logger writes ``metrics.jsonl`` and ``loss_curve.png`` (when the config does
+not say). ``dream-trainer run JOB.yaml`` sets it to its run directory, next to the nodes' logs; in
+a pod, set it in ``spec.env`` to a mounted volume's path to keep the files. Not reserved: the
+operator never sets it."""
+
 PREEMPTED_EXIT_CODE = 143
 """Exit status of a worker that was asked to stop (SIGTERM: eviction, node drain) and wrote its
 emergency checkpoint (128 + SIGTERM, as a shell reports it). The group should be restarted."""

@@ -42,7 +42,7 @@ from torch.distributed.tensor import DTensor, Replicate
 from dream_trainer.callbacks.callback import RankZeroCallback
 from dream_trainer.configs.errors import ConfigError, require_bool
 from dream_trainer.configs.wandb_parameters import WandBParameters
-from dream_trainer.contract import JOB_NAME, RESTART_COUNT
+from dream_trainer.contract import JOB_NAME, LOG_DIR, RESTART_COUNT
 from dream_trainer.trainer.abstract import AbstractTrainer
 
 logger = logging.getLogger(__name__)
@@ -342,10 +342,11 @@ class LocalLoggerConfigMixin:
     """Config fields of :class:`LocalLoggerMixin`."""
 
     log_dir: str | None = None
-    """The run directory. None: ``./runs/<$DREAM_JOB_NAME>`` under the operator and
-    ``dream-trainer run JOB.yaml`` (in a pod that is the container's filesystem, gone with the
-    pod: set a mounted volume's path to keep it), else ``./runs/<experiment>``. (``runs/`` is in
-    the repository's .gitignore.)"""
+    """The run directory. None: ``$DREAM_LOG_DIR`` if set (``dream-trainer run JOB.yaml`` sets it
+    to its run directory), else ``./runs/<$DREAM_JOB_NAME>`` under the operator (in a pod that is
+    the container's filesystem, gone with the pod: set ``DREAM_LOG_DIR`` in ``spec.env`` to a
+    mounted volume's path to keep it), else ``./runs/<experiment>``. (``runs/`` is in the
+    repository's .gitignore.)"""
     plot_loss_curve: bool = True
     """Write ``loss_curve.png`` (training loss against step, validation loss as points) at the
     end of training, from what was logged (needs matplotlib)."""
@@ -386,7 +387,7 @@ class LocalLoggerMixin(LoggerMixin):
     @property
     def log_dir(self) -> Path:
         """Where the files go (see ``LocalLoggerConfigMixin.log_dir``)."""
-        configured = getattr(self.config, "log_dir", None)
+        configured = getattr(self.config, "log_dir", None) or os.environ.get(LOG_DIR)
         if configured:
             return Path(configured)
         name = os.environ.get(JOB_NAME) or getattr(self.config, "experiment", None) or "run"
