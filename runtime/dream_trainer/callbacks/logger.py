@@ -7,10 +7,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from dream_trainer.callbacks.callback import Callback
 from dream_trainer.configs.errors import ConfigError
+from dream_trainer.utils.scalars import scalar_items
 
 if TYPE_CHECKING:
     from dream_trainer.trainer.mixins.loggers import LoggerMixin
@@ -165,16 +165,6 @@ class LoggerCallback(Callback):
 
 def _accumulate(sums: dict[str, torch.Tensor], counts: dict[str, int], result: Any) -> None:
     """Add the scalar entries of a step result to running sums (on the device: no host sync)."""
-    if not isinstance(result, dict):
-        return
-    for key, value in result.items():
-        if isinstance(value, DTensor):
-            value = value.full_tensor()
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.detach().float().reshape(())
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = torch.tensor(float(value))
-        else:
-            continue
+    for key, value in scalar_items(result):
         sums[key] = sums[key] + value.to(sums[key].device) if key in sums else value
         counts[key] = counts.get(key, 0) + 1

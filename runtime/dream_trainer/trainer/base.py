@@ -13,7 +13,6 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint.state_dict as dcp_sd
 import torch.nn as nn
-from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 from torch.utils._pytree import tree_map
 
@@ -24,6 +23,7 @@ from dream_trainer.contract import CHECKPOINT_URI, PROGRESS_PORT
 from dream_trainer.parallel import clip_grad_norm_, set_gradient_sync
 from dream_trainer.parallel.compile import compiled_autograd
 from dream_trainer.trainer.abstract import AbstractTrainer
+from dream_trainer.utils.scalars import scalar_items
 from dream_trainer.world import DistributedWorld
 
 logger = logging.getLogger(__name__)
@@ -446,16 +446,6 @@ def _samplers(loader: Iterable[Any]) -> Iterator[Any]:
 
 def _accumulate(totals: dict[str, torch.Tensor], result: Any) -> None:
     """Add the scalar entries of a step result to running sums (no host sync)."""
-    if not isinstance(result, dict):
-        return
-    for key, value in result.items():
-        if isinstance(value, DTensor):
-            value = value.full_tensor()
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.detach().float().reshape(())
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = torch.tensor(float(value))
-        else:
-            continue
+    for key, value in scalar_items(result):
         totals[key] = totals[key] + value if key in totals else value
     totals["_count"] = totals.get("_count", torch.tensor(0.0)) + 1
