@@ -167,7 +167,7 @@ class LocalEnvironment(Environment):
     @contextmanager
     def create(cls, workdir: Path) -> Iterator[LocalEnvironment]:
         from e2e.kubeapi import KubeAPI
-        from e2e.kubelet import ProcessCluster
+        from e2e.kubelet import ProcessCluster, default_base_env
         from tests.s3_server import seaweedfs
 
         workdir.mkdir(parents=True, exist_ok=True)
@@ -176,8 +176,12 @@ class LocalEnvironment(Environment):
             kubeconfig = api.write_kubeconfig(workdir / "kubeconfig")
             env = cls(kubeconfig=kubeconfig, workdir=workdir, _stack=stack)
             env._s3_env = stack.enter_context(seaweedfs(_mkdir(workdir / "seaweedfs")))
+            # The checkout is the image (its /workspace); the image's environment points the
+            # trainer's local logs out of it.
+            image_env = {**default_base_env(), "DREAM_LOG_DIR": str(_mkdir(workdir / "trainer"))}
             env.cluster = stack.enter_context(ProcessCluster(
-                api, nodes=env.nodes, workdir=str(ROOT), log_dir=_mkdir(workdir / "pods")))
+                api, nodes=env.nodes, workdir=str(ROOT), log_dir=_mkdir(workdir / "pods"),
+                base_env=image_env))
             env.kubectl("apply", "-f", str(ROOT / "crds"))
             env._install_credentials()
             env.operator_args = [

@@ -13,13 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "dream-trainer")
 
 
-def test_run_trains_the_example_on_two_processes() -> None:
+def test_run_trains_the_example_on_two_processes(tmp_path: Path) -> None:
     done = subprocess.run(
         [CLI, "run", "examples/llama/train.py", "--nproc", "2", "--",
          "--max-steps", "12", "--log-every", "4", "--val-every", "12", "--dim", "64",
          "--layers", "2", "--seq-len", "64"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "DREAM_LOG_DIR": str(tmp_path)})  # not runs/ in the checkout
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "loss_curve.png").is_file()
     out = done.stdout
     assert "dp_shard=2" in out  # FSDP over both processes
     losses = [float(x) for x in re.findall(r"step \d+/12 \| epoch \d+ \| loss ([\d.]+)", out)]
@@ -44,13 +46,14 @@ def test_contract_and_operator_do_not_import_torch() -> None:
     assert done.stdout.strip() == "DREAM_CHECKPOINT_URI"
 
 
-def test_example_runs_as_a_plain_process() -> None:
+def test_example_runs_as_a_plain_process(tmp_path: Path) -> None:
     """``python train.py``: distributed_launch runs it as a world of one (no torchrun)."""
     done = subprocess.run(
         [sys.executable, "examples/llama/train.py", "--max-steps", "4", "--log-every", "2",
          "--val-every", "4", "--dim", "32", "--layers", "1", "--seq-len", "32"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")})
+        env={**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")},
+             "DREAM_LOG_DIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world size 1" in done.stdout
     assert re.search(r"done: 4 steps in .* \| final loss [\d.]+", done.stdout), done.stdout
