@@ -6,15 +6,12 @@ references run here, in this process, as a world of one on the same global batch
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-
+from torchrun import torchrun
 from toy import run, toy_config
 
 SCENARIOS = Path(__file__).parent / "distributed" / "scenarios.py"
@@ -27,22 +24,12 @@ LAUNCHES = {
 }
 
 
-def torchrun(nproc: int, out: Path, scenarios: list[str]) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", str(SCENARIOS), str(out), *scenarios]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode:
-        raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
-                             f"{done.stderr[-8000:]}")
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for nproc, scenarios in LAUNCHES.items():
         folder = tmp_path_factory.mktemp(f"ranks{nproc}")
-        torchrun(nproc, folder, scenarios)
+        torchrun(SCENARIOS, nproc, folder, *scenarios)
         out[nproc] = {name: torch.load(folder / f"{name}.pt") for name in scenarios}
     return out
 

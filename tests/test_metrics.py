@@ -8,9 +8,6 @@ of the validation data with the sharded run's final weights.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from dream_trainer.callbacks import CheckpointCallback, LoggerCallback
 from dream_trainer.configs import CheckpointParameters, ConfigError
 from dream_trainer.trainer.mixins import EvalMetricConfigMixin, EvalMetricMixin
 from metric_toy import MetricTrainer, full_parameters, metric_config, reference_metrics
+from torchrun import torchrun
 
 SCENARIOS = Path(__file__).parent / "distributed" / "metric_scenarios.py"
 N_VAL = 48
@@ -30,13 +28,7 @@ N_VAL = 48
 def ranks2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("metrics2")
     names = ["fsdp", "tp", "pp"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node=2", str(SCENARIOS), str(out), *names]
-    done = subprocess.run(command, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode:
-        raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
-                             f"{done.stderr[-8000:]}")
+    torchrun(SCENARIOS, 2, out, *names)
     return {name: torch.load(out / f"{name}.pt", weights_only=False) for name in names}
 
 

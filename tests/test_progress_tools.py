@@ -5,10 +5,7 @@ from __future__ import annotations
 import gc
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from dream_trainer.callbacks.progress_bar import ProgressBarCallback, render_bar
 from dream_trainer.callbacks.summary import ROOT_ROW, ModelSummaryCallback, summarize_model
 from dream_trainer.configs import CheckpointParameters, ConfigError
 from torch import nn
+from torchrun import torchrun
 from toy import ToyTrainer, toy_config
 
 SCENARIO = Path(__file__).parent / "distributed" / "progress_tools_scenario.py"
@@ -227,13 +225,7 @@ def test_summary_callback_prints_models_and_trainer(tmp_path: Path) -> None:
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
     """tests/distributed/progress_tools_scenario.py under torchrun with 2 ranks (gloo)."""
     out = tmp_path_factory.mktemp("progress_tools")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node=2", str(SCENARIO), str(out)]
-    done = subprocess.run(command, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode:
-        raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
-                             f"{done.stderr[-8000:]}")
+    torchrun(SCENARIO, 2, out)
     return {rank: torch.load(out / f"rank{rank}.pt") for rank in (0, 1)}
 
 

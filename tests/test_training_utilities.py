@@ -6,9 +6,6 @@ The LR finder has its own file, tests/test_lr_finder.py.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from dream_trainer.configs import CheckpointParameters, ConfigError
 from dream_trainer.utils.param_groups import param_groups
 from safetensors.torch import load_file
 from torch import nn
+from torchrun import torchrun
 from toy import ToyTrainer, run, toy_config
 
 # --------------------------------------------------------------------------- scripted validation
@@ -397,13 +395,7 @@ SCENARIOS = Path(__file__).parent / "distributed" / "training_utilities.py"
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("training_utilities")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node=2", str(SCENARIOS), str(out)]
-    done = subprocess.run(command, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
-    if done.returncode:
-        raise AssertionError(f"torchrun failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
-                             f"{done.stderr[-8000:]}")
+    torchrun(SCENARIOS, 2, out)
     return torch.load(out / "result.pt")
 
 
