@@ -30,7 +30,11 @@ ENV_OVERRIDE = "DREAM_TRAINER_HELM"
 
 
 class HelmUnavailable(RuntimeError):
-    """Neither the override nor the package gives a helm binary."""
+    """Neither the override nor the package gives a helm binary (a broken dev install: fail)."""
+
+
+class HelmUnsupportedPlatform(HelmUnavailable):
+    """The packaged helm cannot run on this machine (not linux/amd64): the tests skip."""
 
 
 def default_cache_dir() -> Path:
@@ -66,6 +70,13 @@ def _extract(tgz: Path, target: Path) -> None:
         os.replace(partial, target)
 
 
+def check_platform() -> None:
+    """Raise HelmUnsupportedPlatform where the packaged helm cannot run."""
+    if (platform.system(), platform.machine().lower()) not in {("Linux", "x86_64"), ("Linux", "amd64")}:
+        raise HelmUnsupportedPlatform(f"the packaged helm is linux/amd64 only; set ${ENV_OVERRIDE} to a "
+                                      f"helm for {platform.system()}/{platform.machine()}")
+
+
 def helm_binary(cache_dir: Path | None = None) -> Path:
     """The path of an executable helm; extracted from the package on first use."""
     override = os.environ.get(ENV_OVERRIDE)
@@ -74,9 +85,7 @@ def helm_binary(cache_dir: Path | None = None) -> Path:
         if not os.access(path, os.X_OK):  # a mistake, not a missing tool: fail, do not skip
             raise FileNotFoundError(f"${ENV_OVERRIDE}={override} is not an executable")
         return path
-    if (platform.system(), platform.machine().lower()) not in {("Linux", "x86_64"), ("Linux", "amd64")}:
-        raise HelmUnavailable(f"the packaged helm is linux/amd64 only; set ${ENV_OVERRIDE} to a helm "
-                              f"for {platform.system()}/{platform.machine()}")
+    check_platform()
     version, tgz = _packaged_tgz()
     directory = (cache_dir or default_cache_dir()) / version
     target = directory / "helm"

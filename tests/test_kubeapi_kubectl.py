@@ -150,7 +150,6 @@ def test_kubectl_pods_selectors_and_graceful_delete(api: KubeAPI, kubectl: Kubec
         assert "No resources found" in kubectl("get", "pods", "-l", "app=none").stderr
 
 
-@pytest.mark.skipif(not PROJECT_CRD.exists(), reason="the project CRD has not been generated")
 def test_kubectl_applies_the_project_crd(api: KubeAPI, kubectl: Kubectl) -> None:
     kubectl("apply", "-f", str(PROJECT_CRD))
     job = {"apiVersion": "dreamtrainer.dev/v1alpha1", "kind": "DreamTrainJob", "metadata": {"name": "job-1"},
